@@ -1,0 +1,111 @@
+"""Time for the supervision core: a monotonic ``now()`` and timers, injectable for deterministic tests."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The supervision engine's only source of time.
+
+    ``now()`` is monotonic seconds. ``call_later(delay, fn)`` runs ``fn()`` once, on the event loop, after
+    ``delay`` seconds of this clock's time, unless cancelled. Intensity windows, restart delays, start timeouts and
+    shutdown timeouts all use it, so a test can drive them with :class:`ManualClock` without sleeping.
+    """
+
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> Timer: ...
+
+
+class LoopClock:
+    """The running event loop's monotonic clock."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
+        return asyncio.get_running_loop().call_later(delay, fn)
+
+
+class _ManualTimer:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock:
+    """A clock that moves only when told: ``advance(seconds)`` fires due timers in deadline order."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._heap: list[tuple[float, int, _ManualTimer, Callable[[], object]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
+        timer = _ManualTimer()
+        heapq.heappush(self._heap, (self._now + max(0.0, delay), next(self._seq), timer, fn))
+        return timer
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for _, _, t, _ in self._heap if not t.cancelled)
+
+    def next_deadline(self) -> float | None:
+        live = [d for d, _, t, _ in self._heap if not t.cancelled]
+        return min(live) if live else None
+
+    def advance(self, seconds: float) -> None:
+        target = self._now + seconds
+        while self._heap and self._heap[0][0] <= target:
+            deadline, _, timer, fn = heapq.heappop(self._heap)
+            self._now = max(self._now, deadline)
+            if not timer.cancelled:
+                fn()
+        self._now = target
+
+
+async def wait_done(clock: Clock, fut: asyncio.Future[Any], timeout: float | None) -> bool:
+    """Wait until ``fut`` is done or ``timeout`` (clock seconds) passes; never cancels ``fut``.
+
+    Returns True when ``fut`` is done. ``timeout=None`` waits forever; ``0`` only yields once.
+    """
+    if fut.done():
+        return True
+    if timeout is None:
+        await asyncio.wait((fut,))
+        return True
+    if timeout <= 0:
+        await asyncio.sleep(0)
+        return fut.done()
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = clock.call_later(timeout, wake)
+    fut.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(wake)
+    return fut.done()

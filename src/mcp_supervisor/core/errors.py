@@ -1,0 +1,81 @@
+"""Errors raised by the supervision core.
+
+One root, :class:`SupervisorError`; every message says what happened and, where it helps, what to do::
+
+    SupervisorError
+    ├── SpecError               a child spec or supervisor flag is invalid (names the field and the value)
+    ├── FailedToStartChild      a child failed while its supervisor started it
+    ├── NoSuchPath              a runtime operation named a supervisor or child that does not exist
+    ├── OperationError          a runtime operation is not valid in the child's current state
+    ├── MailboxFull             cast_nowait on a full mailbox
+    └── CallError
+        ├── CallTimeout         no reply within the call's timeout
+        ├── CalleeExited        the callee exited before replying
+        └── NotRunning          nothing is running under that name or path
+
+``Shutdown`` is not an error: a child raises it to exit on purpose with reason *shutdown*.
+"""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    """Root of every error the supervision core raises."""
+
+
+class SpecError(SupervisorError, ValueError):
+    """A child spec or supervisor flag is invalid. ``field`` is the path of the bad field."""
+
+    def __init__(self, field: str, message: str, value: object = None) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"{field}: {message}, got {value!r}")
+
+
+class FailedToStartChild(SupervisorError):
+    """A child failed while its supervisor was starting (OTP ``failed_to_start_child``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"failed to start child {path!r}: {reason}")
+
+
+class NoSuchPath(SupervisorError, LookupError):
+    """No supervisor or child at that path."""
+
+    def __init__(self, path: str, what: str = "child") -> None:
+        self.path = path
+        super().__init__(f"no {what} at path {path!r}; `which_children` lists what exists")
+
+
+class OperationError(SupervisorError):
+    """A runtime operation is not valid now (e.g. deleting a running child)."""
+
+
+class MailboxFull(SupervisorError):
+    """The mailbox is at capacity; use ``await cast(...)`` to wait for room."""
+
+
+class CallError(SupervisorError):
+    """A call did not produce a reply."""
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The callee did not reply in time. A reply that arrives later is dropped."""
+
+
+class CalleeExited(CallError):
+    """The callee exited before it replied."""
+
+
+class NotRunning(CallError):
+    """Nothing is running under that name or path (it may be restarting)."""
+
+
+class Shutdown(Exception):
+    """Raise inside a worker to exit with reason *shutdown* (a clean exit for transient children)."""
+
+    def __init__(self, reason: str = "shutdown") -> None:
+        self.reason = reason
+        super().__init__(reason)

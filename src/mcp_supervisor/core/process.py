@@ -1,0 +1,359 @@
+"""OS-process children: own process group, parent-death signal, reaping, group stop, line-by-line output.
+
+Why not ``asyncio.create_subprocess_exec``: we need ``prctl(PR_SET_PDEATHSIG)`` in the child, exit detection that
+works the same on asyncio and uvloop (a pidfd in the loop's selector; avoids MagicStack/uvloop#128 and #118), and
+to kill what is left of the group *before* reaping the leader, while its pgid cannot yet be reused.
+
+Nothing outlives the daemon: each child gets SIGKILL when the daemon's thread that spawned it dies
+(PDEATHSIG), and a small guardian process, holding the read end of a pipe, SIGKILLs every registered group when
+that pipe closes — which happens even on ``kill -9`` of the daemon — so grandchildren go too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .events import NORMAL, ExitReason, ProcessOutput
+from .specs import ProcessSpec, ReadyCommand, ReadyTCP
+
+if TYPE_CHECKING:
+    from .context import ChildContext
+    from .events import EventBus
+    from .runtime import Runtime
+    from .supervisor import Child
+
+_PR_SET_PDEATHSIG = 1
+_MAX_LINE = 64 * 1024
+_SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: no parent-death signal, the guardian still covers us
+    _prctl = None
+
+
+def _preexec(parent_pid: int) -> Any:
+    def set_pdeathsig() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the daemon died before prctl took effect
+            os._exit(127)
+
+    return set_pdeathsig
+
+
+def child_env(spec: ProcessSpec) -> dict[str, str]:
+    """The environment of a child: ours (unless ``inherit_env`` is false) without systemd's private variables."""
+    env = dict(os.environ) if spec.inherit_env else {}
+    for key in _SCRUBBED_ENV:
+        env.pop(key, None)
+    env.update(spec.env)
+    return env
+
+
+_GUARDIAN_SRC = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin.buffer:
+    line = line.strip()
+    try:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+    except ValueError:
+        pass
+for g in groups:
+    try:
+        os.killpg(g, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class Guardian:
+    """A helper process that SIGKILLs every registered process group when the daemon's end of its pipe closes."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        assert popen.stdin is not None
+        self._fd = popen.stdin.fileno()
+
+    @classmethod
+    def start(cls) -> Guardian:
+        popen = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _GUARDIAN_SRC],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        return cls(popen)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def _send(self, line: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, line.encode())
+
+    def register(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def unregister(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+    def close(self) -> None:
+        """Close the pipe (the guardian kills what is still registered, then exits) and reap it."""
+        if self._popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._popen.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout=5)
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class OsProcess:
+    """One running OS process (the leader of its own process group and session)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], path: str, bus: EventBus, guardian: Guardian | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._popen = popen
+        self.pid = popen.pid
+        self.pgid = popen.pid
+        self.path = path
+        self._bus = bus
+        self._guardian = guardian
+        self.signals_sent: set[int] = set()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._pidfd = os.pidfd_open(self.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+        self._streams: dict[int, tuple[str, bytearray]] = {}
+        for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
+            if pipe is not None:
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self._streams[fd] = (name, bytearray())
+                loop.add_reader(fd, self._on_output, fd)
+        if guardian is not None:
+            guardian.register(self.pgid)
+
+    @classmethod
+    def spawn(cls, spec: ProcessSpec, path: str, bus: EventBus, guardian: Guardian | None) -> OsProcess:
+        popen = subprocess.Popen(
+            spec.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(spec),
+            cwd=spec.cwd,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_preexec(os.getpid()),  # noqa: PLW1509 - prctl only, no locks taken
+        )
+        return cls(popen, path, bus, guardian)
+
+    # -- output --------------------------------------------------------------------------------------------
+    def _on_output(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_stream(fd)
+            return
+        self._feed(fd, data)
+
+    def _feed(self, fd: int, data: bytes) -> None:
+        name, buf = self._streams[fd]
+        if not self._bus.active:
+            return
+        buf += data
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) >= _MAX_LINE:
+                    self._emit(name, bytes(buf[:_MAX_LINE]))
+                    del buf[:_MAX_LINE]
+                    continue
+                break
+            self._emit(name, bytes(buf[:nl]))
+            del buf[: nl + 1]
+
+    def _emit(self, stream: str, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self._bus.emit(ProcessOutput(path=self.path, stream=stream, line=line, pid=self.pid))  # type: ignore[arg-type]
+
+    def _close_stream(self, fd: int) -> None:
+        entry = self._streams.pop(fd, None)
+        if entry is None:
+            return
+        self._loop.remove_reader(fd)
+        name, buf = entry
+        if buf and self._bus.active:
+            self._emit(name, bytes(buf))
+        pipe = self._popen.stdout if name == "stdout" else self._popen.stderr
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    def _drain(self) -> None:
+        for fd in list(self._streams):
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                self._feed(fd, data)
+            self._close_stream(fd)
+
+    # -- exit ----------------------------------------------------------------------------------------------
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        # Kill the rest of the group while the leader is a zombie: its pgid cannot be reused until we reap it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signal.SIGKILL)
+        self._reap(block=True)
+
+    def _reap(self, block: bool) -> None:
+        if self.exited.done():
+            return
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else; the exit status is lost
+            pid, status = self.pid, 255 << 8
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        self._popen.returncode = code
+        with contextlib.suppress(OSError):
+            os.close(self._pidfd)
+        self._drain()
+        if self._guardian is not None:
+            self._guardian.unregister(self.pgid)
+        self.exited.set_result(code)
+
+    def _signal(self, sig: int) -> None:
+        if self.exited.done():
+            return
+        self.signals_sent.add(sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def kill_now(self) -> None:
+        """SIGKILL the group and reap synchronously (teardown paths that cannot await)."""
+        if self.exited.done():
+            return
+        self.kill()
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._pidfd)
+        self._reap(block=True)
+
+    def reason(self, code: int) -> ExitReason:
+        """0 → normal; death by a signal we sent → shutdown; anything else → abnormal."""
+        if code == 0:
+            return NORMAL
+        if code < 0:
+            name = _signal_name(-code)
+            if -code in self.signals_sent:
+                return ExitReason("shutdown", f"stopped by {name}")
+            return ExitReason("abnormal", f"killed by {name}")
+        return ExitReason("abnormal", f"exit code {code}")
+
+
+async def _until(fut: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait for ``fut`` at most ``seconds``; True if it is done."""
+    if not fut.done():
+        await asyncio.wait((fut,), timeout=seconds)
+    return fut.done()
+
+
+async def _tcp_ready(ready: ReadyTCP, proc: OsProcess) -> bool:
+    interval = 0.01
+    while not proc.exited.done():
+        try:
+            async with asyncio.timeout(1.0):
+                _, writer = await asyncio.open_connection(ready.host, ready.port)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+        except (OSError, TimeoutError):
+            pass
+        if await _until(proc.exited, interval):
+            break
+        interval = min(interval * 2, 0.25)
+    return False
+
+
+async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec, rt: Runtime) -> bool:
+    while not proc.exited.done():
+        check = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once; exit is awaited via pidfd
+            ready.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env(spec),
+            cwd=spec.cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+        checker = OsProcess(check, proc.path + "#ready", rt.bus, None)
+        try:
+            code = await checker.exited
+        except BaseException:
+            checker.kill_now()
+            raise
+        if code == 0:
+            return True
+        if await _until(proc.exited, ready.interval):
+            break
+    return False
+
+
+async def run_process(spec: ProcessSpec, child: Child, ctx: ChildContext, rt: Runtime) -> ExitReason:
+    """The body of a process child's task: spawn, wait for readiness, report ready, wait for exit."""
+    proc = OsProcess.spawn(spec, child.path, rt.bus, rt.get_guardian())
+    child.proc = proc
+    child.pid = proc.pid
+    try:
+        if isinstance(spec.ready, ReadyTCP):
+            ok = await _tcp_ready(spec.ready, proc)
+        elif isinstance(spec.ready, ReadyCommand):
+            ok = await _command_ready(spec.ready, proc, spec, rt)
+        else:
+            ok = True
+        if ok:
+            ctx.started(proc.pid)
+        code = await proc.exited
+    except BaseException:
+        proc.kill_now()
+        raise
+    return proc.reason(code)

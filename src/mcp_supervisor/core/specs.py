@@ -1,0 +1,311 @@
+"""Child specs and supervisor flags: frozen, validated value objects (OTP ``check_childspec``).
+
+Every default lives here. Errors are :class:`SpecError` naming the field and the bad value, e.g.
+``children[2].shutdown: must be >= 0 seconds, "brutal_kill" or "infinity", got -1``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .context import ChildContext
+
+
+class Restart(enum.StrEnum):
+    PERMANENT = "permanent"  # always restarted
+    TRANSIENT = "transient"  # restarted only after an abnormal exit
+    TEMPORARY = "temporary"  # never restarted; removed after it exits
+
+
+class Strategy(enum.StrEnum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+    SIMPLE_ONE_FOR_ONE = "simple_one_for_one"
+
+
+class AutoShutdown(enum.StrEnum):
+    NEVER = "never"
+    ANY_SIGNIFICANT = "any_significant"
+    ALL_SIGNIFICANT = "all_significant"
+
+
+BRUTAL_KILL: Literal["brutal_kill"] = "brutal_kill"
+INFINITY: Literal["infinity"] = "infinity"
+ShutdownSpec: TypeAlias = float | Literal["brutal_kill", "infinity"]
+WorkerFn: TypeAlias = "Callable[[ChildContext], Awaitable[None]]"
+
+DEFAULT_WORKER_SHUTDOWN = 5.0
+DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_INTENSITY = 3
+DEFAULT_PERIOD = 5.0
+
+
+def _enum(cls: type[enum.StrEnum], value: object, fld: str) -> Any:
+    try:
+        return cls(value)  # type: ignore[arg-type]
+    except ValueError:
+        allowed = " | ".join(m.value for m in cls)
+        raise SpecError(fld, f"must be one of {allowed}", value) from None
+
+
+def _number(value: object, fld: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(fld, "must be a finite number", value)
+    if value < minimum or (strict and value == minimum):
+        raise SpecError(fld, f"must be {'>' if strict else '>='} {minimum:g}", value)
+    return float(value)
+
+
+def _check_id(value: object, fld: str = "id") -> None:
+    if not isinstance(value, str) or not value:
+        raise SpecError(fld, "must be a non-empty string", value)
+    if "/" in value or value != value.strip():
+        raise SpecError(fld, "must not contain '/' or surrounding spaces (it is used in paths)", value)
+
+
+def shutdown_timeout(shutdown: ShutdownSpec) -> float | None:
+    """Seconds to wait after asking a child to stop; 0 = force at once; None = wait forever."""
+    if shutdown == BRUTAL_KILL:
+        return 0.0
+    if shutdown == INFINITY:
+        return None
+    return float(shutdown)
+
+
+def _check_shutdown(value: object, fld: str = "shutdown") -> None:
+    if value in (BRUTAL_KILL, INFINITY):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise SpecError(fld, 'must be >= 0 seconds, "brutal_kill" or "infinity"', value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Per-child restart delay: ``initial * multiplier**n``, capped at ``max``, +/- ``jitter`` (a fraction).
+
+    The count ``n`` resets once the child has stayed up ``reset_after`` seconds (default ``(initial+max)/2``,
+    as Akka typed does).
+    """
+
+    initial: float = 0.5
+    max: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    reset_after: float | None = None
+
+    def __post_init__(self) -> None:
+        _number(self.initial, "backoff.initial", strict=True)
+        _number(self.max, "backoff.max", strict=True)
+        if self.max < self.initial:
+            raise SpecError("backoff.max", f"must be >= backoff.initial ({self.initial:g})", self.max)
+        if _number(self.multiplier, "backoff.multiplier") < 1:
+            raise SpecError("backoff.multiplier", "must be >= 1", self.multiplier)
+        if not 0 <= _number(self.jitter, "backoff.jitter") <= 1:
+            raise SpecError("backoff.jitter", "must be between 0 and 1", self.jitter)
+        if self.reset_after is not None:
+            _number(self.reset_after, "backoff.reset_after", strict=True)
+
+    @property
+    def stable_after(self) -> float:
+        return self.reset_after if self.reset_after is not None else (self.initial + self.max) / 2
+
+    def delay(self, attempt: int, rand: float = 0.5) -> float:
+        """Delay before restart number ``attempt`` (0-based); ``rand`` in [0, 1) drives the jitter."""
+        base = min(self.max, self.initial * self.multiplier ** min(attempt, 64))
+        return max(0.0, min(self.max, base * (1 + self.jitter * (2 * rand - 1))))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadyTCP:
+    """Ready once ``host:port`` accepts a TCP connection."""
+
+    host: str
+    port: int
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise SpecError("ready.tcp", "host must be a non-empty string", self.host)
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise SpecError("ready.tcp", "port must be an integer in 1..65535", self.port)
+        _number(self.timeout, "ready.timeout", strict=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadyCommand:
+    """Ready once ``command`` exits 0 (retried every ``interval`` seconds)."""
+
+    command: tuple[str, ...]
+    timeout: float = 30.0
+    interval: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):
+            raise SpecError("ready.command", "must be a non-empty list of strings", self.command)
+        object.__setattr__(self, "command", tuple(self.command))
+        _number(self.timeout, "ready.timeout", strict=True)
+        _number(self.interval, "ready.interval", strict=True)
+
+
+Readiness: TypeAlias = ReadyTCP | ReadyCommand | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Common:
+    id: str
+    restart: Restart = Restart.PERMANENT
+    shutdown: ShutdownSpec = DEFAULT_WORKER_SHUTDOWN
+    significant: bool = False
+    backoff: Backoff | None = None
+
+    def _check_common(self) -> None:
+        _check_id(self.id)
+        object.__setattr__(self, "restart", _enum(Restart, self.restart, "restart"))
+        _check_shutdown(self.shutdown)
+        if not isinstance(self.significant, bool):
+            raise SpecError("significant", "must be true or false", self.significant)
+        if self.significant and self.restart is Restart.PERMANENT:
+            raise SpecError("significant", "a permanent child cannot be significant (use transient or temporary)", True)
+        if self.backoff is not None and not isinstance(self.backoff, Backoff):
+            raise SpecError("backoff", "must be a Backoff", self.backoff)
+
+    @property
+    def shutdown_timeout(self) -> float | None:
+        return shutdown_timeout(self.shutdown)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec(_Common):
+    """An in-process worker: ``run(ctx)`` calls ``ctx.started(handle)`` once usable, then serves until done.
+
+    Returning is a *normal* exit, raising :class:`Shutdown` a *shutdown* exit, anything else *abnormal*.
+    """
+
+    run: WorkerFn
+    start_timeout: float | None = DEFAULT_START_TIMEOUT
+    args: tuple[Any, ...] = ()
+    kind: Literal["worker"] = field(default="worker", init=False)
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if not callable(self.run):
+            raise SpecError("run", "must be an async callable taking the child context", self.run)
+        if self.start_timeout is not None:
+            _number(self.start_timeout, "start_timeout", strict=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSpec(_Common):
+    """An OS process in its own process group, stopped with SIGTERM to the group, SIGKILL after ``shutdown``."""
+
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    inherit_env: bool = True
+    ready: Readiness = None
+    kind: Literal["process"] = field(default="process", init=False)
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):
+            raise SpecError("command", "must be a non-empty list of strings (program, then arguments)", self.command)
+        object.__setattr__(self, "command", tuple(self.command))
+        if not isinstance(self.env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
+        ):
+            raise SpecError("env", "must map strings to strings", self.env)
+        object.__setattr__(self, "env", dict(self.env))
+        if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd):
+            raise SpecError("cwd", "must be a non-empty path", self.cwd)
+        if self.ready is not None and not isinstance(self.ready, ReadyTCP | ReadyCommand):
+            raise SpecError("ready", "must be ReadyTCP, ReadyCommand or None", self.ready)
+
+    @property
+    def start_timeout(self) -> float | None:
+        return self.ready.timeout if self.ready is not None else DEFAULT_START_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorFlags:
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = DEFAULT_INTENSITY
+    period: float = DEFAULT_PERIOD
+    auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", _enum(Strategy, self.strategy, "strategy"))
+        object.__setattr__(self, "auto_shutdown", _enum(AutoShutdown, self.auto_shutdown, "auto_shutdown"))
+        if isinstance(self.intensity, bool) or not isinstance(self.intensity, int) or self.intensity < 0:
+            raise SpecError("intensity", "must be an integer >= 0", self.intensity)
+        object.__setattr__(self, "period", _number(self.period, "period", strict=True))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorSpec(_Common):
+    """A supervisor: ``children`` started in order under ``flags``.
+
+    With ``simple_one_for_one``, ``children`` holds exactly one template and starts empty.
+    """
+
+    children: tuple[ChildSpec, ...] = ()
+    flags: SupervisorFlags = field(default_factory=SupervisorFlags)
+    shutdown: ShutdownSpec = INFINITY
+    kind: Literal["supervisor"] = field(default="supervisor", init=False)
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if not isinstance(self.flags, SupervisorFlags):
+            raise SpecError("flags", "must be SupervisorFlags", self.flags)
+        children = tuple(self.children)
+        object.__setattr__(self, "children", children)
+        seen: set[str] = set()
+        for i, child in enumerate(children):
+            if not isinstance(child, WorkerSpec | ProcessSpec | SupervisorSpec):
+                raise SpecError(f"children[{i}]", "must be a WorkerSpec, ProcessSpec or SupervisorSpec", child)
+            if child.id in seen:
+                raise SpecError(f"children[{i}].id", "duplicate id within this supervisor", child.id)
+            seen.add(child.id)
+            if child.significant and self.flags.auto_shutdown is AutoShutdown.NEVER:
+                raise SpecError(
+                    f"children[{i}].significant",
+                    'a significant child needs auto_shutdown = "any_significant" or "all_significant"',
+                    True,
+                )
+        if self.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE and len(children) != 1:
+            raise SpecError("children", "simple_one_for_one needs exactly one template child", len(children))
+
+    @property
+    def template(self) -> ChildSpec:
+        return self.children[0]
+
+    def warnings(self) -> list[str]:
+        """Legal configurations that cannot behave as intended (erlang/otp#4648).
+
+        In a group restart (one_for_all, rest_for_one) each cycle waits out the siblings' shutdown times; a child
+        that may take longer than ``period`` seconds to stop means the window never holds two restarts, so the
+        intensity limit can never be reached and a crash loop never escalates.
+        """
+        out: list[str] = []
+        if self.flags.strategy in (Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE) and self.flags.intensity > 0:
+            for child in self.children:
+                if child.kind == "supervisor":
+                    continue
+                t = child.shutdown_timeout
+                if t is None or t > self.flags.period:
+                    out.append(
+                        f"{self.id}: child {child.id!r} may take {child.shutdown}s to stop, longer than "
+                        f"period = {self.flags.period:g}s, so a {self.flags.strategy} restart loop may never "
+                        "reach the intensity limit"
+                    )
+        return out
+
+
+ChildSpec: TypeAlias = WorkerSpec | ProcessSpec | SupervisorSpec

@@ -1,0 +1,258 @@
+"""A running supervision tree: the root supervisor, its runtime, and operations addressed by path."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from .clock import Clock, wait_done
+from .context import ChildContext
+from .errors import FailedToStartChild, OperationError, Shutdown
+from .events import EventBus, ExitReason, SpecWarning
+from .mailbox import DEFAULT_CALL_TIMEOUT
+from .runtime import Runtime
+from .specs import ChildSpec, SupervisorSpec
+from .supervisor import Child, State, Supervisor, describe
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """What did not stop within its shutdown time (in-process children cannot be force-killed)."""
+
+    unstopped: tuple[str, ...] = ()
+    duration_s: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not self.unstopped
+
+
+@dataclass(slots=True)
+class _Root:
+    task: asyncio.Task[Any] | None = None
+    exit_fut: asyncio.Future[ExitReason] | None = None
+    stopping: bool = False
+    started_at: float = 0.0
+    children: list[Child] = field(default_factory=list)
+
+
+class Tree:
+    """Runs a root :class:`SupervisorSpec`.
+
+    ``await tree.start()`` returns once every child is ready (or raises :class:`FailedToStartChild`);
+    ``await tree.wait()`` returns the root's exit reason when it stops by itself (intensity exceeded,
+    auto_shutdown); ``await tree.stop()`` stops everything in reverse order and reports what did not stop.
+    """
+
+    def __init__(
+        self,
+        spec: SupervisorSpec,
+        *,
+        clock: Clock | None = None,
+        bus: EventBus | None = None,
+        rand: random.Random | None = None,
+    ) -> None:
+        if not isinstance(spec, SupervisorSpec):
+            raise TypeError(f"Tree needs a SupervisorSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.rt = Runtime(clock=clock, bus=bus, rand=rand)
+        self._root = _Root()
+        self._sup: Supervisor | None = None
+
+    @property
+    def bus(self) -> EventBus:
+        return self.rt.bus
+
+    @property
+    def root(self) -> Supervisor:
+        if self._sup is None:
+            raise OperationError("the tree is not started")
+        return self._sup
+
+    # -- life ----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._root.task is not None:
+            raise OperationError("the tree is already started")
+        rt = self.rt
+        loop = asyncio.get_running_loop()
+        for msg in _all_warnings(self.spec):
+            rt.bus.emit(SpecWarning(path="", message=msg))
+        sup = Supervisor(self.spec, "", rt)
+        self._sup = sup
+        rt.root = sup
+        ready: asyncio.Future[Any] = loop.create_future()
+        exit_fut: asyncio.Future[ExitReason] = loop.create_future()
+        ctx = ChildContext("", self.spec.id, (), ready, rt)
+
+        async def main() -> None:
+            try:
+                await sup.run(ctx)
+                reason = ExitReason("normal")
+            except FailedToStartChild as e:
+                if not ready.done():
+                    ready.set_exception(e)
+                reason = ExitReason("abnormal", str(e))
+            except asyncio.CancelledError:
+                reason = ExitReason("shutdown")
+                if not self._root.stopping:
+                    exit_fut.set_result(reason)
+                    raise
+            except Shutdown as e:  # gave up (intensity) or auto_shutdown
+                reason = ExitReason("shutdown", e.reason)
+            except Exception as e:  # noqa: BLE001 - reported as the root's exit reason
+                reason = ExitReason("abnormal", describe(e))
+            if not ready.done():
+                ready.set_exception(OperationError(f"root exited before it was ready: {reason}"))
+            if not exit_fut.done():
+                exit_fut.set_result(reason)
+
+        self._root.task = rt.spawn(main(), name="root")
+        self._root.exit_fut = exit_fut
+        self._root.started_at = rt.clock.now()
+        try:
+            await ready
+        except BaseException:
+            self._root.task.cancel()
+            await asyncio.wait((exit_fut,))
+            rt.close()
+            raise
+
+    async def wait(self) -> ExitReason:
+        """Wait until the root supervisor exits; returns why."""
+        if self._root.exit_fut is None:
+            raise OperationError("the tree is not started")
+        return await asyncio.shield(self._root.exit_fut)
+
+    @property
+    def done(self) -> bool:
+        return self._root.exit_fut is not None and self._root.exit_fut.done()
+
+    async def stop(self) -> ShutdownReport:
+        """Stop the whole tree in reverse start order, each child within its shutdown spec."""
+        root = self._root
+        began = time.monotonic()
+        if root.task is not None and root.exit_fut is not None:
+            if not root.exit_fut.done():
+                root.stopping = True
+                root.task.cancel()
+                await wait_done(self.rt.clock, root.exit_fut, None)
+        self.rt.close()
+        return ShutdownReport(tuple(self.rt.unstopped), time.monotonic() - began)
+
+    async def __aenter__(self) -> Tree:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- runtime operations by path ------------------------------------------------------------------------
+    def supervisor(self, path: str = "") -> Supervisor:
+        return self.rt.supervisor_at(path)
+
+    def child(self, path: str) -> Child:
+        return self.rt.find(path)
+
+    async def start_child(self, sup_path: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any]) -> str:
+        child = await self.supervisor(sup_path).start_child(spec_or_args)
+        return child.path
+
+    async def terminate_child(self, path: str) -> None:
+        parent, child_id = _split(path)
+        await self.supervisor(parent).terminate_child(child_id)
+
+    async def restart_child(self, path: str) -> None:
+        parent, child_id = _split(path)
+        await self.supervisor(parent).restart_child(child_id)
+
+    async def delete_child(self, path: str) -> None:
+        parent, child_id = _split(path)
+        await self.supervisor(parent).delete_child(child_id)
+
+    def which_children(self, sup_path: str = "") -> list[dict[str, Any]]:
+        return self.supervisor(sup_path).which_children()
+
+    def count_children(self, sup_path: str = "") -> dict[str, int]:
+        return self.supervisor(sup_path).count_children()
+
+    def get_childspec(self, path: str) -> ChildSpec:
+        parent, child_id = _split(path)
+        return self.supervisor(parent).get_childspec(child_id)
+
+    # -- messages ------------------------------------------------------------------------------------------
+    async def call(self, target: str, payload: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
+        return await self.rt.mailbox_of(target).call(payload, timeout)
+
+    async def cast(self, target: str, payload: Any) -> None:
+        await self.rt.mailbox_of(target).cast(payload)
+
+    async def handle(self, path: str, wait: float = 0.0) -> Any:
+        return await self.rt.handle(path, wait)
+
+    # -- views ---------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The tree as a JSON-ready document (the admin port's ``/status``)."""
+        clock_now = self.rt.clock.now()
+        wall_now = time.time()
+        sup = self._sup
+        root_state = "stopped"
+        if self._root.task is not None and not self.done:
+            root_state = "stopping" if self._root.stopping else "running"
+        node: dict[str, Any] = {
+            "id": self.spec.id,
+            "path": "",
+            "kind": "supervisor",
+            "state": root_state,
+            "restarts": 0,
+            "uptime_s": round(clock_now - self._root.started_at, 3) if root_state == "running" else 0.0,
+            "last_exit": None,
+            "strategy": str(self.spec.flags.strategy),
+            "children": [_node(c, clock_now, wall_now) for c in sup.children] if sup is not None else [],
+        }
+        return node
+
+
+def _node(c: Child, clock_now: float, wall_now: float) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "id": c.id,
+        "path": c.path,
+        "kind": c.spec.kind,
+        "state": str(c.state),
+        "restarts": c.restarts,
+        "uptime_s": round(clock_now - c.started_at, 3) if c.state is State.RUNNING and c.started_at else 0.0,
+        "last_exit": (
+            {"reason": c.last_exit.kind, "detail": c.last_exit.detail, "at": c.last_exit_at}
+            if c.last_exit is not None
+            else None
+        ),
+    }
+    if c.spec.kind == "process":
+        node["pid"] = c.pid if c.alive else None
+    if c.state is State.RESTARTING and c.next_restart_at is not None:
+        node["next_restart_at"] = round(wall_now + (c.next_restart_at - clock_now), 3)
+    if isinstance(c.spec, SupervisorSpec):
+        node["strategy"] = str(c.spec.flags.strategy)
+        sub = c.handle if isinstance(c.handle, Supervisor) and c.alive else None
+        node["children"] = [_node(g, clock_now, wall_now) for g in sub.children] if sub is not None else []
+    return node
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, child_id = path.strip("/").rpartition("/")
+    if not child_id:
+        raise OperationError(f"path {path!r} does not name a child")
+    return parent, child_id
+
+
+def _all_warnings(spec: SupervisorSpec) -> list[str]:
+    out = spec.warnings()
+    for child in spec.children:
+        if isinstance(child, SupervisorSpec):
+            out += _all_warnings(child)
+    return out
