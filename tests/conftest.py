@@ -63,17 +63,21 @@ class Scripted:
         mb = ctx.mailbox
         if self.ready:
             ctx.started(self)
+        waiter: asyncio.Future[Any] | None = None
         try:
-            while not fut.done():
+            while True:
                 waiter = asyncio.ensure_future(mb.receive())
                 done, _ = await asyncio.wait({waiter, fut}, return_when=asyncio.FIRST_COMPLETED)
-                if waiter in done:
-                    msg = waiter.result()
-                    if hasattr(msg, "reply"):
-                        msg.reply(("echo", msg.payload))
-                else:
-                    waiter.cancel()
+                if waiter not in done:
+                    break
+                msg = waiter.result()
+                if hasattr(msg, "reply"):
+                    msg.reply(("echo", msg.payload))
         finally:
+            if waiter is not None:
+                waiter.cancel()
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()
             self.log.append(("stop", ctx.path))
             if self.release_cleanup is not None:
                 await asyncio.shield(self.release_cleanup.wait())

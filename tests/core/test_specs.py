@@ -92,9 +92,7 @@ def test_supervisor_rejects_duplicates_and_bad_significance() -> None:
 
 
 def test_long_shutdowns_are_allowed_but_warned_for_group_strategies() -> None:
-    spec = SupervisorSpec(
-        id="s", children=[w("a", shutdown=30), w("b")], flags=SupervisorFlags(strategy="one_for_all")
-    )
+    spec = SupervisorSpec(id="s", children=[w("a", shutdown=30), w("b")], flags=SupervisorFlags(strategy="one_for_all"))
     warnings = spec.warnings()
     assert len(warnings) == 1 and "'a'" in warnings[0]
     assert SupervisorSpec(id="s", children=[w("a", shutdown=30)]).warnings() == []

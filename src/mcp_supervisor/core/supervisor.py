@@ -616,6 +616,14 @@ class Supervisor:
 
         await self._request(op)
 
+    async def sync(self) -> None:
+        """Return once every message posted before this call (exits, due restarts, requests) is handled."""
+
+        async def op() -> None:
+            return None
+
+        await self._request(op)
+
     def which_children(self) -> list[dict[str, Any]]:
         return [
             {"id": c.id, "path": c.path, "kind": c.spec.kind, "state": str(c.state), "pid": c.pid}

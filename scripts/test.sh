@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: lint, strict typing, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy --strict src
+.venv/bin/pytest "$@"

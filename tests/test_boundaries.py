@@ -1,0 +1,43 @@
+"""The dependency rule (ARCHITECTURE.md practice 1): the core imports only the standard library and anyio."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mcp_supervisor"
+
+
+def imports_of(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 1:
+            found.add("mcp_supervisor." + (node.module or ""))  # reaching out of the package
+    return found
+
+
+def test_core_imports_only_stdlib_and_anyio() -> None:
+    bad = {}
+    for path in sorted((SRC / "core").rglob("*.py")):
+        for name in imports_of(path):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top in ("anyio", "__future__"):
+                continue
+            bad.setdefault(path.name, []).append(name)
+    assert bad == {}, f"core must not import these: {bad}"
+
+
+def test_nothing_outside_telemetry_imports_structlog_or_prometheus() -> None:
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if "telemetry" in path.parts:
+            continue
+        for name in imports_of(path):
+            if name.split(".")[0] in ("structlog", "prometheus_client"):
+                offenders.append(f"{path.relative_to(SRC)}: {name}")
+    assert offenders == []
