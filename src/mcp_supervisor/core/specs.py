@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -143,7 +143,7 @@ class ReadyTCP:
 class ReadyCommand:
     """Ready once ``command`` exits 0 (retried every ``interval`` seconds)."""
 
-    command: tuple[str, ...]
+    command: Sequence[str]
     timeout: float = 30.0
     interval: float = 0.1
 
@@ -161,7 +161,7 @@ Readiness: TypeAlias = ReadyTCP | ReadyCommand | None
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Common:
     id: str
-    restart: Restart = Restart.PERMANENT
+    restart: Restart | str = Restart.PERMANENT
     shutdown: ShutdownSpec = DEFAULT_WORKER_SHUTDOWN
     significant: bool = False
     backoff: Backoff | None = None
@@ -191,7 +191,7 @@ class WorkerSpec(_Common):
 
     run: WorkerFn
     start_timeout: float | None = DEFAULT_START_TIMEOUT
-    args: tuple[Any, ...] = ()
+    args: Sequence[Any] = ()
     kind: Literal["worker"] = field(default="worker", init=False)
 
     def __post_init__(self) -> None:
@@ -200,13 +200,14 @@ class WorkerSpec(_Common):
             raise SpecError("run", "must be an async callable taking the child context", self.run)
         if self.start_timeout is not None:
             _number(self.start_timeout, "start_timeout", strict=True)
+        object.__setattr__(self, "args", tuple(self.args))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessSpec(_Common):
     """An OS process in its own process group, stopped with SIGTERM to the group, SIGKILL after ``shutdown``."""
 
-    command: tuple[str, ...]
+    command: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     inherit_env: bool = True
@@ -235,10 +236,10 @@ class ProcessSpec(_Common):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorFlags:
-    strategy: Strategy = Strategy.ONE_FOR_ONE
+    strategy: Strategy | str = Strategy.ONE_FOR_ONE
     intensity: int = DEFAULT_INTENSITY
     period: float = DEFAULT_PERIOD
-    auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+    auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", _enum(Strategy, self.strategy, "strategy"))
@@ -255,7 +256,7 @@ class SupervisorSpec(_Common):
     With ``simple_one_for_one``, ``children`` holds exactly one template and starts empty.
     """
 
-    children: tuple[ChildSpec, ...] = ()
+    children: Sequence[ChildSpec] = ()
     flags: SupervisorFlags = field(default_factory=SupervisorFlags)
     shutdown: ShutdownSpec = INFINITY
     kind: Literal["supervisor"] = field(default="supervisor", init=False)

@@ -251,7 +251,7 @@ class Supervisor:
         child.exit_fut = exit_fut
         child.ready_fut = ready
         spec = child.spec
-        ctx = ChildContext(child.path, child.id, getattr(spec, "args", ()), ready, rt)
+        ctx = ChildContext(child.path, child.id, tuple(getattr(spec, "args", ())), ready, rt)
         child.ctx = ctx
         body: Coroutine[Any, Any, ExitReason]
         if isinstance(spec, WorkerSpec):
@@ -650,7 +650,7 @@ def _instantiate(template: ChildSpec, child_id: str, args: tuple[Any, ...]) -> C
     if isinstance(template, WorkerSpec):
         return dataclasses.replace(template, id=child_id, args=args)
     if isinstance(template, ProcessSpec):
-        return dataclasses.replace(template, id=child_id, command=template.command + tuple(str(a) for a in args))
+        return dataclasses.replace(template, id=child_id, command=(*template.command, *(str(a) for a in args)))
     return dataclasses.replace(template, id=child_id)
 
 
