@@ -57,7 +57,7 @@ async def test_delayed_restart_shows_restarting_with_the_next_attempt_and_never_
         assert tree.child("a").state is State.RESTARTING
         clock.advance(0.001)
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "a" and e.restarts == 1)
-        assert len(tree.root._restarts) == 1  # the delayed restart counted once
+        assert len(tree.root.restart_attempts) == 1  # the delayed restart counted once
 
 
 async def test_delays_grow_exponentially_up_to_the_cap_and_reset_after_stable_uptime() -> None:
@@ -85,12 +85,12 @@ async def test_a_failed_delayed_restart_is_retried_later_and_each_attempt_counts
         await rec.wait(lambda e: isinstance(e, RestartScheduled) and e.delay_s == 1)
         clock.advance(1)  # attempt 1 fails -> next in 2 s
         await rec.wait(lambda e: isinstance(e, RestartScheduled) and e.delay_s == 2)
-        assert len(tree.root._restarts) == 2 and tree.child("a").state is State.RESTARTING
+        assert len(tree.root.restart_attempts) == 2 and tree.child("a").state is State.RESTARTING
         clock.advance(2)  # attempt 2 fails -> next in 4 s
         await rec.wait(lambda e: isinstance(e, RestartScheduled) and e.delay_s == 4)
         clock.advance(4)
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "a" and e.restarts == 1)
-        assert len(tree.root._restarts) == 3
+        assert len(tree.root.restart_attempts) == 3
         assert a.incarnations == 4
 
 

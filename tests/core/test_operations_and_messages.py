@@ -86,7 +86,7 @@ async def test_a_terminated_child_is_not_restarted_and_its_exit_is_not_a_failure
     async with tree:
         await tree.terminate_child("a")
         await tree.supervisor().sync()
-        assert tree.root._restarts == ()
+        assert tree.root.restart_attempts == ()
         assert [e for e in rec.of(ChildStarted, "a")] and all(e.restarts == 0 for e in rec.of(ChildStarted, "a"))
         assert tree.status()["children"][0]["last_exit"]["reason"] == "shutdown"
 

@@ -120,3 +120,20 @@ def test_intensity_window_counts_every_attempt_with_an_inclusive_edge() -> None:
     ok, kept = add_restart(r, 5.5, intensity=3, period=5)
     assert ok and kept == (1.0, 2.0, 5.5)
     assert add_restart((), 0.0, intensity=0, period=5)[0] is False  # intensity 0: never restart
+
+
+def test_the_supervisors_incremental_window_agrees_with_the_pure_function() -> None:
+    import random
+
+    from mcp_supervisor.core.intensity import RestartWindow
+
+    rng = random.Random(7)
+    for _ in range(200):
+        intensity, period = rng.randint(0, 5), rng.choice([0.5, 1.0, 5.0])
+        window, pure = RestartWindow(intensity, period), ()
+        now = 0.0
+        for _ in range(30):
+            now += rng.choice([0.0, 0.1, 0.5, 1.0, 2.5])
+            ok, pure = add_restart(pure, now, intensity, period)
+            assert window.add(now) is ok
+            assert window.attempts == pure

@@ -250,7 +250,7 @@ async def test_escalation_permanent_nested_supervisor_is_restarted_transient_is_
             if expect_restart:
                 await restarted(rec, "sub")
                 assert inner.current is not first and tree.child("sub/w").state is State.RUNNING
-                assert tree.root._restarts  # counted in the parent's window
+                assert tree.root.restart_attempts  # counted in the parent's window
             else:
                 await until(lambda t=tree: t.child("sub").state is State.STOPPED)
                 assert tree.child("x").state is State.RUNNING

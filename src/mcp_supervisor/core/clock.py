@@ -26,16 +26,76 @@ class Clock(Protocol):
     def call_later(self, delay: float, fn: Callable[[], object]) -> Timer: ...
 
 
-class LoopClock:
-    """The running event loop's monotonic clock."""
+class _LoopTimer:
+    __slots__ = ("cancelled", "clock", "fn")
 
-    __slots__ = ()
+    def __init__(self, clock: LoopClock, fn: Callable[[], object]) -> None:
+        self.clock = clock
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.clock._cancelled += 1
+
+
+class LoopClock:
+    """The running event loop's monotonic clock.
+
+    Timers live in one heap of plain tuples served by a single loop timer. Every start arms a start-timeout timer
+    that is almost always cancelled; asyncio's own ``TimerHandle`` heap compares entries in Python and made that
+    the largest cost of a restart.
+    """
+
+    __slots__ = ("_at", "_cancelled", "_handle", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _LoopTimer]] = []
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._cancelled = 0
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
-        return asyncio.get_running_loop().call_later(delay, fn)
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        timer = _LoopTimer(self, fn)
+        heap = self._heap
+        heapq.heappush(heap, (when, next(self._seq), timer))
+        if self._handle is None or when < self._at:
+            self._arm(loop, when)
+        elif self._cancelled > 512 and self._cancelled * 2 > len(heap):
+            self._heap = [e for e in heap if not e[2].cancelled]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+        return timer
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = loop.call_at(when, self._fire, loop)
+        self._at = when
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        heap = self._heap
+        now = loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].cancelled):
+            _, _, timer = heapq.heappop(heap)
+            if timer.cancelled:
+                self._cancelled -= 1
+                continue
+            timer.cancelled = True
+            try:
+                timer.fn()
+            except Exception as e:  # noqa: BLE001 - report like the loop does, keep serving other timers
+                loop.call_exception_handler({"message": "clock timer callback failed", "exception": e})
+        if heap:
+            self._arm(loop, heap[0][0])
 
 
 class _ManualTimer:

@@ -61,7 +61,7 @@ class ChildContext:
     def runtime(self) -> Runtime:
         return self._rt
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: object) -> None:
         mb = self._mailbox
         if mb is not None:
             mb.close(reason)

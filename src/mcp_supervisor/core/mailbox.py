@@ -49,9 +49,52 @@ class Call:
 Message: TypeAlias = Cast | Call
 
 
-def _expire(fut: asyncio.Future[Any], timeout: float) -> None:
-    if not fut.done():
-        fut.set_exception(CallTimeout(f"no reply within {timeout:g}s; a late reply will be dropped"))
+TIMEOUT_RESOLUTION = 0.01  # call timeouts fire at most this late
+
+
+class _Sweeper:
+    """Enforces call timeouts for every mailbox of one loop with a single timer.
+
+    A timer per call (``call_later`` + ``cancel``) costs about as much as the rest of a call round trip; instead,
+    in-flight calls carry a deadline and one timer, armed only while calls are in flight, expires the overdue ones
+    every ``TIMEOUT_RESOLUTION`` seconds.
+    """
+
+    __slots__ = ("active", "armed", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.active: set[Mailbox] = set()
+        self.armed = False
+
+    def watch(self, mb: Mailbox) -> None:
+        self.active.add(mb)
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(TIMEOUT_RESOLUTION, self.sweep)
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        for mb in list(self.active):
+            if mb._expire(now):
+                self.active.discard(mb)
+        if self.active:
+            self.loop.call_later(TIMEOUT_RESOLUTION, self.sweep)
+        else:
+            self.armed = False
+
+
+_sweepers: dict[asyncio.AbstractEventLoop, _Sweeper] = {}
+
+
+def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
+    sw = _sweepers.get(loop)
+    if sw is None:
+        if len(_sweepers) > 8:  # forget closed loops (tests and benchmarks create many)
+            for old in [lp for lp in _sweepers if lp.is_closed()]:
+                del _sweepers[old]
+        sw = _sweepers[loop] = _Sweeper(loop)
+    return sw
 
 
 class Mailbox:
@@ -67,9 +110,9 @@ class Mailbox:
         self._capacity = capacity
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
-        self._pending: set[asyncio.Future[Any]] = set()
+        self._pending: dict[asyncio.Future[Any], tuple[float, float]] = {}  # future -> (deadline, timeout)
         self._closed = False
-        self._close_reason = ""
+        self._close_reason: object = ""
 
     @property
     def closed(self) -> bool:
@@ -130,14 +173,27 @@ class Mailbox:
             self._append(msg)
         else:
             await self._put(msg)
-        self._pending.add(fut)
-        handle = loop.call_later(timeout, _expire, fut, timeout) if timeout is not None else None
+        if timeout is not None:
+            self._pending[fut] = (loop.time() + timeout, timeout)
+            _sweeper(loop).watch(self)
+        else:
+            self._pending[fut] = (float("inf"), 0.0)
         try:
             return await fut
         finally:
-            if handle is not None:
-                handle.cancel()
-            self._pending.discard(fut)
+            self._pending.pop(fut, None)
+
+    def _expire(self, now: float) -> bool:
+        """Fail overdue calls; True when no call with a deadline is left."""
+        left = False
+        for fut, (deadline, timeout) in list(self._pending.items()):
+            if fut.done():
+                continue
+            if deadline <= now:
+                fut.set_exception(CallTimeout(f"no reply within {timeout:g}s; a late reply will be dropped"))
+            elif timeout:
+                left = True
+        return not left
 
     async def receive(self) -> Message:
         """The next message; raises :class:`NotRunning` once the mailbox is closed and drained."""
@@ -165,21 +221,22 @@ class Mailbox:
         except NotRunning:
             raise StopAsyncIteration from None
 
-    def close(self, reason: str = "exited") -> None:
+    def close(self, reason: object = "exited") -> None:
         """Close: pending and queued callers fail now with :class:`CalleeExited`; blocked senders too."""
         if self._closed:
             return
         self._closed = True
         self._close_reason = reason
-        exc = f"{self.owner} exited before replying ({reason})"
-        for fut in self._pending:
-            if not fut.done():
-                fut.set_exception(CalleeExited(exc))
-        self._pending.clear()
-        for msg in self._q:
-            if isinstance(msg, Call):
-                msg.fail(CalleeExited(exc))
-        self._q.clear()
+        if self._pending or self._q:
+            exc = f"{self.owner} exited before replying ({reason})"
+            for fut in self._pending:
+                if not fut.done():
+                    fut.set_exception(CalleeExited(exc))
+            self._pending.clear()
+            for msg in self._q:
+                if isinstance(msg, Call):
+                    msg.fail(CalleeExited(exc))
+            self._q.clear()
         for p in self._putters:
             if not p.done():
                 p.set_result(None)

@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .events import NORMAL, ExitReason, ProcessOutput
@@ -37,6 +39,35 @@ try:
     _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux: no parent-death signal, the guardian still covers us
     _prctl = None
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def resolve_program(spec: ProcessSpec, env: dict[str, str]) -> str:
+    """The executable ``spec.command[0]`` names, found as exec would; FileNotFoundError names what is missing."""
+    prog = spec.command[0]
+    if "/" in prog:
+        path = prog if os.path.isabs(prog) or spec.cwd is None else os.path.join(spec.cwd, prog)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return prog
+        raise FileNotFoundError(f"command {prog!r} does not exist or is not executable")
+    found = shutil.which(prog, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(f"command {prog!r} not found on PATH={env.get('PATH', os.defpath)!r}")
+    return found
+
+
+def _with_pdeathsig(argv: Sequence[str]) -> tuple[list[str], Any]:
+    """The command line and preexec function that give a child SIGKILL when we die (PR_SET_PDEATHSIG).
+
+    util-linux ``setpriv --pdeathsig`` sets it and execs the command, so we keep vfork/posix_spawn; a
+    ``preexec_fn`` would force a full fork of the daemon, about 1.3 ms more per spawn. Without setpriv we fall
+    back to prctl in ``preexec_fn``.
+    """
+    if _SETPRIV is not None:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    return list(argv), _preexec(os.getpid())
 
 
 def _preexec(parent_pid: int) -> Any:
@@ -157,16 +188,19 @@ class OsProcess:
 
     @classmethod
     def spawn(cls, spec: ProcessSpec, path: str, bus: EventBus, guardian: Guardian | None) -> OsProcess:
+        env = child_env(spec)
+        resolve_program(spec, env)  # a clear start failure now, not an exit code from the exec later
+        argv, preexec = _with_pdeathsig(spec.command)
         popen = subprocess.Popen(
-            spec.command,
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_env(spec),
+            env=env,
             cwd=spec.cwd,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_preexec(os.getpid()),  # noqa: PLW1509 - prctl only, no locks taken
+            preexec_fn=preexec,  # noqa: PLW1509 - prctl only, no locks taken; None when setpriv does it
         )
         return cls(popen, path, bus, guardian)
 

@@ -15,7 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 from .clock import LoopClock, wait_done
 from .context import ChildContext
@@ -33,7 +34,7 @@ from .events import (
     StartFailed,
     SupervisorStopped,
 )
-from .intensity import add_restart
+from .intensity import RestartWindow
 from .runtime import Runtime
 from .specs import (
     AutoShutdown,
@@ -54,6 +55,15 @@ class State(enum.StrEnum):
     RESTARTING = "restarting"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+class _StartTimeout(Exception):
+    pass
+
+
+def _start_timed_out(ready: asyncio.Future[Any]) -> None:
+    if not ready.done():
+        ready.set_exception(_StartTimeout())
 
 
 class _StartFailure(Exception):
@@ -138,7 +148,7 @@ class Supervisor:
         self.rt = rt
         self.children: list[Child] = []
         self.by_id: dict[str, Child] = {}
-        self._restarts: tuple[float, ...] = ()
+        self._window = RestartWindow(spec.flags.intensity, spec.flags.period)
         self._inbox: deque[_Msg] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._done: ExitReason | None = None
@@ -251,39 +261,35 @@ class Supervisor:
         child.exit_fut = exit_fut
         child.ready_fut = ready
         spec = child.spec
-        ctx = ChildContext(child.path, child.id, tuple(getattr(spec, "args", ())), ready, rt)
+        ctx = ChildContext(child.path, child.id, getattr(spec, "args", ()), ready, rt)
         child.ctx = ctx
-        body: Coroutine[Any, Any, ExitReason]
-        if isinstance(spec, WorkerSpec):
-            body = self._worker_body(spec, ctx)
-        elif isinstance(spec, SupervisorSpec):
-            body = self._worker_body(spec, ctx, Supervisor(spec, child.path, rt))
-        else:
-            from .process import run_process
-
-            body = run_process(spec, child, ctx, rt)
-        task = rt.spawn(self._child_main(child, gen, body, ctx, exit_fut), name=child.path)
+        task = loop.create_task(self._child_main(child, gen, ctx, exit_fut), name=child.path)
         child.task = task
-        task.add_done_callback(lambda t: self._finish(child, gen, ctx, exit_fut, None))
         start_timeout = None if isinstance(spec, SupervisorSpec) else spec.start_timeout
-        if not await wait_done(rt.clock, ready, start_timeout):
-            reason = ExitReason("abnormal", f"not ready within its start timeout of {start_timeout:g}s")
+        timer = rt.clock.call_later(start_timeout, partial(_start_timed_out, ready)) if start_timeout else None
+        try:
+            handle = await ready
+        except _StartTimeout:
             await self._stop_child(child)
-            self._start_failed(child, reason)
-        exc = ready.exception()
-        if exc is not None:
-            reason = exc.reason if isinstance(exc, _StartFailure) else ExitReason("abnormal", describe(exc))
-            self._start_failed(child, reason)
-        child.handle = ready.result()
+            self._start_failed(
+                child, ExitReason("abnormal", f"not ready within its start timeout of {start_timeout:g}s")
+            )
+        except _StartFailure as e:
+            self._start_failed(child, e.reason)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        child.handle = handle
         child.state = State.RUNNING
         child.started_at = rt.clock.now()
         if child.last_exit is not None or child.restarts:
             child.restarts += 1
-        rt.notify_running(child.path)
+        if rt._handle_waiters:
+            rt.notify_running(child.path)
         if rt.bus.active:
             rt.bus.emit(ChildStarted(path=child.path, kind=spec.kind, pid=child.pid, restarts=child.restarts))
 
-    def _start_failed(self, child: Child, reason: ExitReason) -> None:
+    def _start_failed(self, child: Child, reason: ExitReason) -> NoReturn:
         child.state = State.STOPPED
         child.task = None
         child.last_exit = reason
@@ -292,26 +298,20 @@ class Supervisor:
             self.rt.bus.emit(StartFailed(path=child.path, reason=reason))
         raise _StartFailure(reason)
 
-    async def _worker_body(
-        self, spec: WorkerSpec | SupervisorSpec, ctx: ChildContext, sup: Supervisor | None = None
-    ) -> ExitReason:
-        if sup is not None:
-            await sup.run(ctx)
-        else:
-            await spec.run(ctx)  # type: ignore[union-attr]
-        return NORMAL
-
     async def _child_main(
-        self,
-        child: Child,
-        gen: int,
-        body: Coroutine[Any, Any, ExitReason],
-        ctx: ChildContext,
-        exit_fut: asyncio.Future[ExitReason],
+        self, child: Child, gen: int, ctx: ChildContext, exit_fut: asyncio.Future[ExitReason]
     ) -> None:
-        reason = ExitReason("abnormal", "unknown")
+        spec = child.spec
+        reason = NORMAL
         try:
-            reason = await body
+            if isinstance(spec, WorkerSpec):
+                await spec.run(ctx)
+            elif isinstance(spec, SupervisorSpec):
+                await Supervisor(spec, child.path, self.rt).run(ctx)
+            else:
+                from .process import run_process
+
+                reason = await run_process(spec, child, ctx, self.rt)
         except Shutdown as e:
             reason = ExitReason("shutdown", "" if e.reason == "shutdown" else e.reason)
         except asyncio.CancelledError:
@@ -338,12 +338,15 @@ class Supervisor:
             return
         if reason is None:
             reason = SHUTDOWN if child.stop_requested else ExitReason("abnormal", "task ended before it ran")
-        ctx._close(str(reason))
+        ctx._close(reason)
         exit_fut.set_result(reason)
         ready = child.ready_fut if child.gen == gen else None
-        if ready is not None and not ready.done():
-            ready.set_exception(_StartFailure(reason))
-            return
+        if ready is not None:
+            if not ready.done():
+                ready.set_exception(_StartFailure(reason))
+                return
+            if ready.cancelled() or ready.exception() is not None:  # never became ready: a start failure
+                return
         if child.gen != gen:
             return
         now = self.rt.clock.now()
@@ -374,8 +377,12 @@ class Supervisor:
         await self._restart(child)
 
     def _count_restart(self) -> bool:
-        ok, self._restarts = add_restart(self._restarts, self.rt.clock.now(), self.flags.intensity, self.flags.period)
-        return ok
+        return self._window.add(self.rt.clock.now())
+
+    @property
+    def restart_attempts(self) -> tuple[float, ...]:
+        """Clock times of the restart attempts in the current intensity window."""
+        return self._window.attempts
 
     async def _give_up(self, reason: ExitReason) -> None:
         await self._stop_all()
@@ -403,20 +410,17 @@ class Supervisor:
             await self._intensity_exceeded()
             return
         strategy = self.flags.strategy
-        if strategy is Strategy.ONE_FOR_ALL:
-            group = list(self.children)
-        elif strategy is Strategy.REST_FOR_ONE:
-            group = self.children[self.children.index(child) :]
-        else:
-            group = [child]
+        if strategy is Strategy.ONE_FOR_ONE or strategy is Strategy.SIMPLE_ONE_FOR_ONE:
+            await self._schedule([child], child)
+            return
+        group = list(self.children) if strategy is Strategy.ONE_FOR_ALL else self.children[self.children.index(child) :]
         for sibling in reversed(group):
             if sibling is not child:
                 await self._stop_child(sibling)
         for sibling in group:
             if sibling is not child and sibling.spec.restart is Restart.TEMPORARY:
                 self._remove(sibling)
-        group = [c for c in group if self.by_id.get(c.id) is c]
-        await self._schedule(group, child)
+        await self._schedule([c for c in group if self.by_id.get(c.id) is c], child)
 
     async def _schedule(self, group: list[Child], cause: Child) -> None:
         """Start ``group`` now, or after ``cause``'s backoff delay without blocking."""
@@ -425,10 +429,16 @@ class Supervisor:
         if backoff is not None:
             delay = backoff.delay(cause.attempt, self.rt.rand.random())
             cause.attempt += 1
-        if self.rt.bus.active:
+        if self.rt.bus._subs:
             self.rt.bus.emit(RestartScheduled(path=cause.path, delay_s=delay, attempt=cause.attempt))
         if delay <= 0:
-            await self._start_group(group)
+            if len(group) == 1:
+                try:
+                    await self._start(cause)
+                except _StartFailure:
+                    await self._retry_after_failure(group, 0)
+            else:
+                await self._start_group(group)
             return
         token = object()
         at = self.rt.clock.now() + delay
@@ -445,28 +455,33 @@ class Supervisor:
             try:
                 await self._start(c)
             except _StartFailure:
-                if not self._count_restart():
-                    await self._intensity_exceeded()
-                    return
-                rest = [r for r in group[i:] if self.by_id.get(r.id) is r]
-                for r in rest:
-                    r.state = State.RESTARTING
-                if c.spec.backoff is not None:
-                    await self._schedule(rest, c)
-                else:
-                    token = object()
-                    for r in rest:
-                        r.token = token
-                    self._post(_RestartDue(token))  # retry after queued requests: stay responsive
+                await self._retry_after_failure(group, i)
                 return
+
+    async def _retry_after_failure(self, group: list[Child], i: int) -> None:
+        """A start in ``group`` failed at ``i``: count the attempt, then retry from there (resume, not redo)."""
+        if not self._count_restart():
+            await self._intensity_exceeded()
+            return
+        c = group[i]
+        rest = [r for r in group[i:] if self.by_id.get(r.id) is r]
+        for r in rest:
+            r.state = State.RESTARTING
+        if c.spec.backoff is not None:
+            await self._schedule(rest, c)
+        else:
+            token = object()
+            for r in rest:
+                r.token = token
+            self._post(_RestartDue(token))  # retry after queued requests: stay responsive
 
     # -- stopping ------------------------------------------------------------------------------------------
     async def _stop_child(self, child: Child) -> bool:
         """Ask one child to stop, wait up to its shutdown time, then force it. True if it stopped."""
         child.token = None
         child.next_restart_at = None
-        fut = child.exit_fut
-        if fut is None or fut.done():
+        task = child.task
+        if task is None or not child.alive:
             child.state = State.STOPPED
             child.task = None
             return True
@@ -474,12 +489,19 @@ class Supervisor:
         child.state = State.STOPPING
         timeout = child.spec.shutdown_timeout
         self._signal_stop(child, force=timeout == 0)
-        stopped = await wait_done(self.rt.clock, fut, timeout)
-        if not stopped:
-            stopped = await self._force(child, timeout or 0.0)
+        stopped = await wait_done(self.rt.clock, task, timeout)
+        if stopped:
+            self._finish_unstarted(child)
+        else:
+            stopped = await self._force(child, task, timeout or 0.0)
         child.state = State.STOPPED
         child.task = None
         return stopped
+
+    def _finish_unstarted(self, child: Child) -> None:
+        """A task cancelled before its first step runs neither its body nor its finally (trap T7)."""
+        if child.exit_fut is not None and not child.exit_fut.done() and child.ctx is not None:
+            self._finish(child, child.gen, child.ctx, child.exit_fut, None)
 
     def _signal_stop(self, child: Child, force: bool) -> None:
         proc = child.proc
@@ -488,17 +510,17 @@ class Supervisor:
         elif child.task is not None:
             child.task.cancel()
 
-    async def _force(self, child: Child, timeout: float) -> bool:
+    async def _force(self, child: Child, task: asyncio.Task[Any], timeout: float) -> bool:
         rt = self.rt
         if rt.bus.active:
             rt.bus.emit(ShutdownTimeout(path=child.path, timeout_s=timeout))
-        fut = child.exit_fut
-        assert fut is not None
         if child.proc is not None:
             child.proc.kill()
-            if await wait_done(LoopClock(), fut, _KILL_WAIT):
+            if await wait_done(LoopClock(), task, _KILL_WAIT):
                 return True
         rt.unstopped.append(child.path)
+        rt.tasks.add(task)  # keep a detached task referenced until it ends
+        task.add_done_callback(rt.tasks.discard)
         if rt.bus.active:
             rt.bus.emit(ChildUnstopped(path=child.path, timeout_s=timeout))
         return False
@@ -506,7 +528,7 @@ class Supervisor:
     async def _stop_all(self) -> None:
         """Stop every child in reverse start order (dynamic children all at once, one shared timer)."""
         if self._dynamic:
-            live = [c for c in self.children if c.alive]
+            live = [c for c in self.children if c.alive and c.task is not None]
             for c in self.children:
                 c.token = None
             for c in live:
@@ -514,13 +536,13 @@ class Supervisor:
                 c.state = State.STOPPING
                 self._signal_stop(c, force=c.spec.shutdown_timeout == 0)
             if live:
-                pending = [c.exit_fut for c in live if c.exit_fut is not None]
-                all_done = asyncio.gather(*pending)
                 t = self.spec.template.shutdown_timeout
-                if not await wait_done(self.rt.clock, all_done, t):
+                if not await wait_done(self.rt.clock, _all_done([c.task for c in live if c.task]), t):
                     for c in live:
-                        if c.alive:
-                            await self._force(c, t or 0.0)
+                        if c.task is not None and not c.task.done():
+                            await self._force(c, c.task, t or 0.0)
+                for c in live:
+                    self._finish_unstarted(c)
             for c in self.children:
                 c.state = State.STOPPED
                 c.task = None
@@ -656,3 +678,21 @@ def _instantiate(template: ChildSpec, child_id: str, args: tuple[Any, ...]) -> C
 
 def _wall() -> float:
     return time.time()
+
+
+def _all_done(futs: list[asyncio.Task[Any]]) -> asyncio.Future[None]:
+    """A future done once every one of ``futs`` is done (never cancels them, unlike gather)."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[None] = loop.create_future()
+    left = [len(futs)]
+
+    def one(_: object) -> None:
+        left[0] -= 1
+        if left[0] == 0 and not out.done():
+            out.set_result(None)
+
+    if not futs:
+        out.set_result(None)
+    for f in futs:
+        f.add_done_callback(one)
+    return out
