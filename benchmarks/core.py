@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from mcp_supervisor.core import (  # noqa: E402
+from mcp_supervisor.core import (
     Call,
     ChildStarted,
     ProcessSpec,

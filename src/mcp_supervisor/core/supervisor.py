@@ -42,6 +42,7 @@ from .specs import (
     ProcessSpec,
     Restart,
     Strategy,
+    SupervisorFlags,
     SupervisorSpec,
     WorkerSpec,
 )
@@ -637,6 +638,63 @@ class Supervisor:
             self._remove(child)
 
         await self._request(op)
+
+    async def reconcile(
+        self, specs: list[ChildSpec], replace: set[str], flags: SupervisorFlags | None = None
+    ) -> list[tuple[str, str]]:
+        """Make the children match ``specs`` (a config reload): start new ones, stop removed ones, restart those
+        in ``replace``, and leave every other child untouched (same incarnation, same restart count).
+
+        Returns ``(path, change)`` pairs; a child whose new start fails is reported, the rest still applies.
+        """
+
+        async def op() -> list[tuple[str, str]]:
+            changes: list[tuple[str, str]] = []
+            if flags is not None and flags != self.flags:
+                self.flags = flags
+                self._window = RestartWindow(flags.intensity, flags.period)
+                changes.append((self.path, "flags"))
+            wanted = {s.id for s in specs}
+            for old in reversed(list(self.children)):
+                if old.id not in wanted:
+                    await self._stop_child(old)
+                    self._remove(old)
+                    changes.append((old.path, "removed"))
+            order: list[Child] = []
+            to_start: list[Child] = []
+            for spec in specs:
+                found = self.by_id.get(spec.id)
+                if found is None:
+                    c = Child(spec, self._child_path(spec.id))
+                    self.by_id[spec.id] = c
+                    to_start.append(c)
+                    changes.append((c.path, "added"))
+                    order.append(c)
+                    continue
+                c = found
+                if spec.id in replace:
+                    await self._stop_child(c)
+                    c.spec = spec
+                    c.restarts = 0
+                    c.last_exit = None
+                    c.attempt = 0
+                    to_start.append(c)
+                    changes.append((c.path, "changed"))
+                else:
+                    c.spec = spec  # same settings; a later restart uses the reloaded spec
+                    if isinstance(spec, SupervisorSpec) and isinstance(c.handle, Supervisor):
+                        c.handle.spec = spec
+                order.append(c)
+            self.children = order
+            for c in to_start:
+                try:
+                    await self._start(c)
+                except _StartFailure as e:
+                    changes.append((c.path, f"failed to start: {e.reason}"))
+            return changes
+
+        result: list[tuple[str, str]] = await self._request(op)
+        return result
 
     async def sync(self) -> None:
         """Return once every message posted before this call (exits, due restarts, requests) is handled."""

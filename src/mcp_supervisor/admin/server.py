@@ -1,0 +1,261 @@
+"""The admin HTTP port (aiohttp): read views of the tree and health, and a few token-guarded controls.
+
+Private by default (loopback or a unix socket); GETs are read-only; mutations are POST-only, need
+``Authorization: Bearer <token>`` (compared in constant time) and are off unless a token file is configured;
+``Host`` is checked against loopback names to defeat DNS rebinding; bodies are small; every mutation is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ..core import FailedToStartChild, NoSuchPath, OperationError, Tree
+from .openapi import OPENAPI
+
+MAX_BODY = 16 * 1024
+HEALTH_JSON = "application/health+json"
+
+
+class Health(Protocol):
+    """What the admin port needs from a health monitor (the tree's own state stands in until one runs)."""
+
+    def document(self) -> tuple[dict[str, Any], int]: ...
+
+    def ready(self) -> bool: ...
+
+    async def check_now(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class AdminState:
+    """Everything the handlers read; the daemon owns it and swaps ``tree`` or ``token`` on reload."""
+
+    tree: Tree
+    log: Any
+    metrics: Callable[[], tuple[bytes, str]]
+    reload: Callable[[], Awaitable[dict[str, Any]]]
+    token: str | None = None
+    draining: bool = False
+    health: Health | None = None
+    started_at: float = field(default_factory=time.time)
+    on_mutation: Callable[[str], None] | None = None
+
+
+def _json(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
+    return web.Response(
+        text=json.dumps(data, indent=None, separators=(",", ":"), default=str),
+        status=status,
+        content_type=content_type,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    resp = _json({"error": message, "status": status}, status)
+    resp.headers.update(headers)
+    return resp
+
+
+def allowed_hosts(admin: str) -> set[str] | None:
+    """Host header values accepted for ``admin`` (None: no check, e.g. a unix socket)."""
+    if admin.startswith("unix:"):
+        return None
+    host, _, port = admin.rpartition(":")
+    names = {host, "localhost", "127.0.0.1", "[::1]"}
+    return {f"{n}:{port}" for n in names} | ({"localhost"} if port == "80" else set())
+
+
+def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        if hosts is not None and request.host not in hosts:
+            return _error(421, f"unexpected Host header {request.host!r}; use a loopback name")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except (ValueError, UnicodeError) as e:
+            return _error(400, f"bad request: {e}")
+
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+
+    def tree_doc() -> dict[str, Any]:
+        return state.tree.status()
+
+    async def status(_: web.Request) -> web.Response:
+        return _json(tree_doc())
+
+    async def livez(_: web.Request) -> web.Response:
+        alive = not state.tree.done
+        return _json({"status": "pass" if alive else "fail"}, 200 if alive else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        if state.draining:
+            return _json({"status": "fail", "output": "draining"}, 503)
+        ok = _tree_ready(tree_doc()) if state.health is None else state.health.ready()
+        return _json({"status": "pass" if ok else "fail"}, 200 if ok else 503)
+
+    async def health(_: web.Request) -> web.Response:
+        doc, code = state.health.document() if state.health is not None else tree_health(tree_doc())
+        return _json(doc, code, HEALTH_JSON)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body, ctype = state.metrics()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    async def openapi(_: web.Request) -> web.Response:
+        return _json(OPENAPI)
+
+    def authorize(request: web.Request) -> web.Response | None:
+        if state.token is None:
+            return _error(403, "mutations are disabled: configure daemon.admin_token_file")
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return _error(401, "missing Authorization: Bearer <token>", **{"WWW-Authenticate": "Bearer"})
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), state.token.encode()):
+            return _error(403, "wrong token")
+        return None
+
+    def audit(request: web.Request, action: str, outcome: str, **extra: Any) -> None:
+        peer = request.remote or "unix"
+        state.log.info("admin mutation", action=action, outcome=outcome, peer=peer, **extra)
+        if state.on_mutation is not None:
+            state.on_mutation(outcome)
+
+    async def child_action(request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        path = request.match_info["path"].strip("/")
+        denied = authorize(request)
+        if denied is not None:
+            audit(request, f"{action} {path}", f"denied {denied.status}")
+            return denied
+        tree = state.tree
+        try:
+            child = tree.child(path)
+            if action == "stop":
+                await tree.terminate_child(path)
+            elif action == "start":
+                await tree.restart_child(path)
+            else:
+                if child.alive:
+                    await tree.terminate_child(path)
+                await tree.restart_child(path)
+        except NoSuchPath as e:
+            audit(request, f"{action} {path}", "not found")
+            return _error(404, str(e))
+        except (OperationError, FailedToStartChild) as e:
+            audit(request, f"{action} {path}", f"conflict: {e}")
+            return _error(409, str(e))
+        audit(request, f"{action} {path}", "ok")
+        node = next((c for c in tree.which_children(path.rpartition("/")[0]) if c["path"] == path), None)
+        return _json({"path": path, "action": action, "child": node})
+
+    async def reload(request: web.Request) -> web.Response:
+        denied = authorize(request)
+        if denied is not None:
+            audit(request, "reload", f"denied {denied.status}")
+            return denied
+        wait = request.query.get("wait", "1") not in ("0", "false", "no")
+        if not wait:
+            task = asyncio.ensure_future(state.reload())
+            app["background"].add(task)
+            task.add_done_callback(app["background"].discard)
+            audit(request, "reload", "accepted")
+            return _json({"accepted": True}, 202)
+        result = await state.reload()
+        audit(request, "reload", "ok" if result.get("ok") else "failed")
+        return _json(result, 200 if result.get("ok") else 422)
+
+    async def health_check(request: web.Request) -> web.Response:
+        denied = authorize(request)
+        if denied is not None:
+            return denied
+        if state.health is None:
+            return _error(404, 'no health monitor is configured (add a worker = "health" child)')
+        audit(request, "health check", "ok")
+        return _json(await state.health.check_now(), 200, HEALTH_JSON)
+
+    app["background"] = set()
+    app.router.add_get("/status", status)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/children/{path:.+}/{action:restart|stop|start}", child_action)
+    app.router.add_post("/reload", reload)
+    app.router.add_post("/health/check", health_check)
+    return app
+
+
+def _tree_ready(doc: dict[str, Any]) -> bool:
+    return doc["state"] == "running" and all(c["state"] == "running" for c in doc["children"])
+
+
+def tree_health(doc: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """health+json from the tree alone: fail if the root is down, warn if a child is not running."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    checks = []
+    worst = "pass"
+    for c in doc["children"]:
+        st = "pass" if c["state"] == "running" else "warn"
+        if st == "warn":
+            worst = "warn"
+        checks.append(
+            {
+                "componentId": c["path"],
+                "componentType": "component",
+                "observedValue": c["state"],
+                "status": st,
+                "time": now,
+            }
+        )
+    if doc["state"] != "running":
+        worst = "fail"
+    body = {
+        "status": worst,
+        "serviceId": "mcp-supervisor",
+        "description": "supervision tree state (no health monitor configured)",
+        "checks": {"tree:children": checks},
+    }
+    return body, 503 if worst == "fail" else 200
+
+
+class AdminServer:
+    """Runs the app on TCP or a unix socket with explicit setup and a bounded cleanup (aiohttp web_runner)."""
+
+    def __init__(self, state: AdminState, address: str, allow_remote: bool = False) -> None:
+        self.address = address
+        hosts = None if (allow_remote or address.startswith("unix:")) else allowed_hosts(address)
+        self._runner = web.AppRunner(build_app(state, hosts), access_log=None, handle_signals=False)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site: web.BaseSite
+        if self.address.startswith("unix:"):
+            path = self.address[5:]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a stale socket from a previous run
+            site = web.UnixSite(self._runner, path, shutdown_timeout=2.0)
+            await site.start()
+            os.chmod(path, 0o660)
+        else:
+            host, _, port = self.address.rpartition(":")
+            site = web.TCPSite(self._runner, host.strip("[]"), int(port), shutdown_timeout=2.0, reuse_address=True)
+            await site.start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

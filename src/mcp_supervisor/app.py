@@ -1,0 +1,269 @@
+"""The composition root: config → tree → admin port → signals and systemd, until stopped.
+
+Exit codes: 0 clean stop; 78 (EX_CONFIG) invalid config, before anything starts; 1 the root supervisor gave up
+or failed to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from .admin import AdminServer, AdminState
+from .config import Config, ConfigError, load_config
+from .core import FailedToStartChild, SupervisorSpec, Tree
+from .systemd import Notifier
+from .telemetry.events import log_events
+from .telemetry.logs import configure, get_logger
+from .telemetry.metrics import DaemonMetrics
+
+EXIT_OK = 0
+EXIT_GAVE_UP = 1
+EXIT_CONFIG = 78
+
+
+def read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(path, "daemon.admin_token_file", f"cannot read the token file: {e.strerror or e}") from None
+    if len(token) < 16:
+        raise ConfigError(path, "daemon.admin_token_file", "the token must be at least 16 characters")
+    return token
+
+
+class Daemon:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.notifier = Notifier()  # first: children must not inherit NOTIFY_SOCKET / WATCHDOG_*
+        self.log: Any = get_logger()
+        self.config: Config | None = None
+        self.tree: Tree | None = None
+        self.admin: AdminServer | None = None
+        self.state: AdminState | None = None
+        self.metrics = DaemonMetrics(lambda: self.tree.status() if self.tree is not None else None)
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def load(self) -> tuple[Config, str | None]:
+        cfg = load_config(self.config_path)
+        return cfg, read_token(cfg.daemon.admin_token_file)
+
+    async def run(self) -> int:
+        try:
+            cfg, token = self.load()
+        except ConfigError as e:
+            configure("info", "auto")
+            get_logger().error("invalid config", error=str(e))
+            self.notifier.send(STATUS=f"invalid config: {e}", ERRNO=EXIT_CONFIG)
+            return EXIT_CONFIG
+        configure(cfg.daemon.log_level, cfg.daemon.log_format)
+        faulthandler.enable()
+        self.log = get_logger()
+        self.config = cfg
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)  # before READY=1 (systemd/systemd#39692)
+
+        tree = Tree(cfg.tree)
+        self.tree = tree
+        sub = tree.bus.subscribe(maxlen=100_000)
+        self._spawn(log_events(sub, self.log))
+        self.log.info("starting", config=cfg.file, admin=cfg.daemon.admin, children=len(cfg.tree.children))
+        self.notifier.status("starting the tree")
+        try:
+            await tree.start()
+        except FailedToStartChild as e:
+            self.log.error("the tree failed to start", error=str(e))
+            self.notifier.send(STATUS=f"failed to start: {e}", ERRNO=1)
+            await tree.stop()
+            return EXIT_GAVE_UP
+        self.state = AdminState(
+            tree=tree,
+            log=self.log,
+            metrics=self._render_metrics,
+            reload=self.reload,
+            token=token,
+            on_mutation=lambda outcome: self.metrics.admin_requests.labels(outcome.split(" ")[0]).inc(),
+        )
+        self.state.health = _find_health(tree)
+        self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
+        try:
+            await self.admin.start()
+        except OSError as e:
+            self.log.error("cannot bind the admin port", admin=cfg.daemon.admin, error=str(e))
+            await tree.stop()
+            return EXIT_GAVE_UP
+        self._spawn(self._watchdog())
+        self.notifier.ready(self._summary("running"))
+        self.log.info("ready", admin=cfg.daemon.admin, mutations="on" if token else "off")
+
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        tree_wait = asyncio.ensure_future(tree.wait())
+        await asyncio.wait({stop_wait, tree_wait}, return_when=asyncio.FIRST_COMPLETED)
+        gave_up = tree_wait.done()
+        stop_wait.cancel()
+        tree_wait.cancel()
+        if gave_up:
+            reason = tree_wait.result()
+            self.log.error("the root supervisor gave up", reason=reason.kind, detail=reason.detail)
+            self.notifier.stopping(f"root supervisor gave up: {reason}")
+        else:
+            self.notifier.stopping("stopping: stopping children in reverse order")
+        self.state.draining = True
+        began = time.monotonic()
+        report = await tree.stop()
+        self.log.info(
+            "stopped",
+            took_s=round(time.monotonic() - began, 3),
+            unstopped=list(report.unstopped),
+        )
+        await self.admin.stop()
+        sub.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if gave_up:
+            return EXIT_GAVE_UP if tree_wait.result().detail != "auto_shutdown" else EXIT_OK
+        return EXIT_OK
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self.log.info("stop requested", signal=signal.Signals(sig).name)
+        if self.state is not None:
+            self.state.draining = True
+        self._stop.set()
+
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload())
+
+    def _render_metrics(self) -> tuple[bytes, str]:
+        if self.tree is not None:
+            dropped = sum(s.dropped for s in self.tree.bus._subs)
+            self.metrics.events_dropped.set(dropped)
+        return self.metrics.render()
+
+    def _summary(self, prefix: str) -> str:
+        doc = self.tree.status() if self.tree is not None else None
+        if doc is None:
+            return prefix
+        nodes = _count(doc)
+        return f"{prefix}: {nodes['running']}/{nodes['total']} children running"
+
+    async def _watchdog(self) -> None:
+        if not self.notifier.watchdog_usec:
+            return
+        interval = self.notifier.watchdog_usec / 2e6
+        while True:
+            self.notifier.send(WATCHDOG=1)
+            self.metrics.watchdog_pings.inc()
+            await asyncio.sleep(interval)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config; on error keep everything untouched; else apply only the difference."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            self.log.info("reloading", config=self.config.file if self.config else self.config_path)
+            try:
+                new, token = self.load()
+            except ConfigError as e:
+                self.metrics.reload_result(False)
+                self.log.error("reload failed; keeping the running configuration", error=str(e))
+                self.notifier.ready(f"reload failed, running the previous config: {e}")
+                return {"ok": False, "error": str(e), "changes": []}
+            old = self.config
+            tree = self.tree
+            assert old is not None and tree is not None and self.state is not None
+            if new.daemon.admin != old.daemon.admin:
+                self.log.warning("daemon.admin changed: it takes effect at the next start", admin=new.daemon.admin)
+            try:
+                changes = await apply_difference(tree, old, new)
+            except Exception as e:  # noqa: BLE001 - report, keep running
+                self.metrics.reload_result(False)
+                self.log.error("reload failed while applying", error=str(e))
+                self.notifier.ready(f"reload failed: {e}")
+                return {"ok": False, "error": str(e), "changes": []}
+            self.config = new
+            self.state.token = token
+            self.state.health = _find_health(tree)
+            self.metrics.reload_result(True)
+            described = [{"path": p, "change": c} for p, c in changes]
+            self.log.info("reloaded", changes=described)
+            self.notifier.ready(self._summary(f"reloaded ({len(changes)} changes)"))
+            return {"ok": True, "changes": described}
+
+
+async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[str, str]]:
+    """Walk the new tree; each supervisor reconciles its own children (started, stopped, restarted, untouched)."""
+    changes: list[tuple[str, str]] = []
+
+    async def walk(path: str, spec: SupervisorSpec) -> None:
+        replace = set()
+        for child in spec.children:
+            cpath = f"{path}/{child.id}" if path else child.id
+            before, after = old.entries.get(cpath), new.entries.get(cpath)
+            if (
+                before is not None
+                and after is not None
+                and (before.kind != after.kind or before.fingerprint != after.fingerprint)
+            ):
+                replace.add(child.id)
+        changes.extend(await tree.supervisor(path).reconcile(list(spec.children), replace, spec.flags))
+        for child in spec.children:
+            cpath = f"{path}/{child.id}" if path else child.id
+            if isinstance(child, SupervisorSpec) and child.id not in replace and cpath in old.entries:
+                with contextlib.suppress(LookupError):
+                    await walk(cpath, child)
+
+    await walk("", new.tree)
+    tree.spec = new.tree
+    return changes
+
+
+def _count(doc: dict[str, Any]) -> dict[str, int]:
+    total = running = 0
+    stack = list(doc["children"])
+    while stack:
+        node = stack.pop()
+        total += 1
+        running += node["state"] == "running"
+        stack.extend(node.get("children", ()))
+    return {"total": total, "running": running}
+
+
+def _find_health(tree: Tree) -> Any:
+    """The first running child whose ready handle serves the health monitor protocol, if any."""
+    stack = [tree.root]
+    while stack:
+        sup = stack.pop()
+        for c in sup.children:
+            h = c.handle
+            if h is not None and hasattr(h, "document") and hasattr(h, "check_now") and hasattr(h, "ready"):
+                return h
+            if hasattr(h, "children") and hasattr(h, "reconcile"):
+                stack.append(h)
+    return None
+
+
+def run_daemon(config_path: str | None) -> int:
+    """Run on uvloop when installed, asyncio otherwise."""
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(Daemon(config_path).run())

@@ -1,0 +1,193 @@
+"""``mcp-supervisor``: run the daemon, check a config, and control a running daemon through its admin port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from .config.load import DEFAULT_ADMIN
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcp-supervisor", description="OTP supervision trees for Linux services")
+    p.add_argument("--version", action="version", version=f"mcp-supervisor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    cfg_help = f"config file (default: $MCP_SUPERVISOR_CONFIG, then {DEFAULT_CONFIG_PATH})"
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", help=cfg_help)
+    check = sub.add_parser("check-config", help="validate a config file and exit (0 valid, 78 invalid)")
+    check.add_argument("--config", help=cfg_help)
+    check.add_argument("path", nargs="?", help="config file (same as --config)")
+
+    ctl = sub.add_parser("ctl", help="talk to a running daemon's admin port")
+    ctl.add_argument(
+        "--admin", help=f"admin address: host:port or unix:/path (default: from the config, or {DEFAULT_ADMIN})"
+    )
+    ctl.add_argument("--config", help="read the admin address and token file from this config")
+    ctl.add_argument("--token-file", help="admin token file (default: $MCP_SUPERVISOR_TOKEN_FILE)")
+    ctl.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon (default 60)")
+    actions = ctl.add_subparsers(dest="action", required=True)
+    st = actions.add_parser("status", help="the tree: state, pid, restarts, uptime")
+    st.add_argument("--json", action="store_true", help="print the raw JSON document")
+    for name in ("restart", "stop", "start"):
+        a = actions.add_parser(name, help=f"{name} the child at PATH (e.g. edge/proxy)")
+        a.add_argument("path")
+    rl = actions.add_parser("reload", help="re-read the config and apply the difference")
+    rl.add_argument("--wait", action="store_true", help="wait for the result (what changed, or the error)")
+    actions.add_parser("health", help="run a health round now and print it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        from .app import run_daemon
+
+        return run_daemon(args.config)
+    if args.command == "check-config":
+        return check_config(args.path or args.config)
+    return asyncio.run(ctl(args))
+
+
+def check_config(path: str | None) -> int:
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(f"invalid config: {e}", file=sys.stderr)
+        return 78
+    nodes = len(cfg.entries) - 1
+    print(f"{cfg.file}: valid ({nodes} children; admin {cfg.daemon.admin})")
+    for w in _warnings(cfg.tree):
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _warnings(spec: Any) -> list[str]:
+    out = list(spec.warnings())
+    for c in spec.children:
+        if c.kind == "supervisor":
+            out += _warnings(c)
+    return out
+
+
+def _admin_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
+    admin, token_file = args.admin, args.token_file or os.environ.get("MCP_SUPERVISOR_TOKEN_FILE")
+    if admin is None or (token_file is None and args.config):
+        try:
+            cfg = load_config(args.config) if (args.config or os.path.exists(DEFAULT_CONFIG_PATH)) else None
+        except ConfigError:
+            cfg = None
+        if cfg is not None:
+            admin = admin or cfg.daemon.admin
+            token_file = token_file or cfg.daemon.admin_token_file
+    token = None
+    if token_file:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    return admin or DEFAULT_ADMIN, token
+
+
+async def ctl(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    try:
+        admin, token = _admin_and_token(args)
+    except OSError as e:
+        print(f"cannot read the token file: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if admin.startswith("unix:"):
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=admin[5:])
+        base = "http://localhost"
+    else:
+        connector = aiohttp.TCPConnector()
+        base = f"http://{admin}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    method, url = "GET", "/status"
+    if args.action in ("restart", "stop", "start"):
+        method, url = "POST", f"/children/{args.path.strip('/')}/{args.action}"
+    elif args.action == "reload":
+        method, url = "POST", f"/reload?wait={'1' if args.wait else '0'}"
+    elif args.action == "health":
+        method, url = "POST", "/health/check"
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.request(method, base + url, headers=headers) as resp,
+        ):
+            text = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        print(f"cannot reach the daemon at {admin}: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        body: Any = json.loads(text)
+    except json.JSONDecodeError:
+        body = text
+    if status >= 400:
+        msg = body.get("error", body) if isinstance(body, dict) else body
+        print(f"error {status}: {msg}", file=sys.stderr)
+        return 1
+    if args.action == "status" and not args.json:
+        print(render_tree(body))
+    elif args.action == "reload" and isinstance(body, dict) and "changes" in body:
+        changes = body["changes"] or [{"path": "-", "change": "nothing changed"}]
+        for c in changes:
+            print(f"{c['path'] or '/'}: {c['change']}")
+    else:
+        print(json.dumps(body, indent=2))
+    return 0
+
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def render_tree(doc: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def describe(node: dict[str, Any]) -> str:
+        parts = [node["id"] or "/", node["kind"], node["state"]]
+        if node["kind"] == "supervisor":
+            parts.insert(2, node.get("strategy", ""))
+        if node.get("pid"):
+            parts.append(f"pid {node['pid']}")
+        parts.append(f"restarts {node['restarts']}")
+        if node["state"] == "running":
+            parts.append(f"up {_uptime(node['uptime_s'])}")
+        if node.get("next_restart_at"):
+            import time
+
+            parts.append(f"next try in {max(0.0, node['next_restart_at'] - time.time()):.1f}s")
+        if node.get("last_exit") and node["state"] != "running":
+            parts.append(f"last exit {node['last_exit']['reason']}: {node['last_exit']['detail']}".rstrip(": "))
+        return "  ".join(p for p in parts if p)
+
+    def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
+        branch = "" if root else ("└── " if last else "├── ")
+        lines.append(prefix + branch + describe(node))
+        kids = node.get("children", [])
+        deeper = prefix + ("" if root else ("    " if last else "│   "))
+        for i, child in enumerate(kids):
+            walk(child, deeper, i == len(kids) - 1, False)
+
+    walk(doc, "", True, True)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

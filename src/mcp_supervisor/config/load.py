@@ -1,0 +1,386 @@
+"""Loading ``supervision.toml``: expand ``${VAR}``, validate every key, build the core's specs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from ..core import (
+    Backoff,
+    ChildSpec,
+    ProcessSpec,
+    ReadyCommand,
+    ReadyTCP,
+    SpecError,
+    SupervisorFlags,
+    SupervisorSpec,
+    WorkerSpec,
+)
+from ..core.specs import WorkerFn
+from .locate import locate
+
+DEFAULT_CONFIG_PATH = "config/supervision.toml"
+DEFAULT_ADMIN = "127.0.0.1:7080"
+
+WorkerFactory: TypeAlias = Callable[[Mapping[str, Any]], WorkerFn]
+"""A worker plugin: called once per load with the child's ``config`` table; returns the worker's ``run(ctx)``.
+It validates its settings and raises ``ValueError`` (naming the setting) for bad ones."""
+
+
+def builtin_workers() -> dict[str, str]:
+    """Built-in worker names and the factories they load."""
+    return {
+        "health": "mcp_supervisor.health.monitor:factory",
+        "telemetry": "mcp_supervisor.telemetry.sink:factory",
+    }
+
+
+class ConfigError(Exception):
+    """An invalid config file. The message names the file, the line when found, and the key path."""
+
+    def __init__(self, file: str, key: str, message: str, line: int | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.line = line
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonConfig:
+    admin: str = DEFAULT_ADMIN
+    admin_token_file: str | None = None
+    allow_remote_admin: bool = False
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildEntry:
+    """One node of the configured tree with the fingerprint reload compares (spec, command or config changed)."""
+
+    path: str
+    kind: str
+    fingerprint: str
+    flags: SupervisorFlags | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    file: str
+    daemon: DaemonConfig
+    tree: SupervisorSpec
+    entries: Mapping[str, ChildEntry] = field(default_factory=dict)
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _Ctx:
+    def __init__(self, file: str, text: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.text = text
+        self.env = env
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.file, key, message, locate(self.text, key))
+
+    def expand(self, value: Any, key: str) -> Any:
+        if isinstance(value, str):
+
+            def sub(m: re.Match[str]) -> str:
+                if m.group(0) == "$$":
+                    return "$"
+                name, default = m.group(1), m.group(2)
+                got = self.env.get(name)
+                if got is None or (got == "" and default is not None):
+                    if default is None:
+                        raise self.error(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+                    return default
+                return got
+
+            return _VAR.sub(sub, value)
+        if isinstance(value, list):
+            return [self.expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.expand(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        return value
+
+
+def _check_keys(ctx: _Ctx, table: Mapping[str, Any], allowed: set[str], key: str) -> None:
+    for k in table:
+        if k not in allowed:
+            raise ctx.error(f"{key}.{k}" if key else k, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _typed(ctx: _Ctx, table: Mapping[str, Any], name: str, types: type | tuple[type, ...], key: str) -> Any:
+    value = table.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
+    if not ok:
+        want = " or ".join(t.__name__ for t in _as_tuple(types))
+        raise ctx.error(f"{key}.{name}", f"must be {want}, got {value!r}")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _daemon(ctx: _Ctx, table: Any) -> DaemonConfig:
+    if table is None:
+        return DaemonConfig()
+    if not isinstance(table, dict):
+        raise ctx.error("daemon", "must be a table")
+    _check_keys(ctx, table, {"admin", "admin_token_file", "allow_remote_admin", "log_format", "log_level"}, "daemon")
+    admin = _typed(ctx, table, "admin", str, "daemon") or DEFAULT_ADMIN
+    allow_remote = bool(_typed(ctx, table, "allow_remote_admin", bool, "daemon"))
+    _check_admin(ctx, admin, allow_remote)
+    log_format = _typed(ctx, table, "log_format", str, "daemon") or "auto"
+    if log_format not in ("auto", "json", "console"):
+        raise ctx.error("daemon.log_format", f'must be "auto", "json" or "console", got {log_format!r}')
+    log_level = (_typed(ctx, table, "log_level", str, "daemon") or "info").lower()
+    if log_level not in _LOG_LEVELS:
+        raise ctx.error("daemon.log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+    token_file = _typed(ctx, table, "admin_token_file", str, "daemon") or None
+    return DaemonConfig(
+        admin=admin,
+        admin_token_file=token_file,
+        allow_remote_admin=allow_remote,
+        log_format=log_format,
+        log_level=log_level,
+    )
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); ValueError says what is wrong."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'must be "host:port" or "unix:/path", got {value!r}')
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"port must be 1..65535, got {port_s!r}")
+    return host, int(port_s)
+
+
+def _check_admin(ctx: _Ctx, admin: str, allow_remote: bool) -> None:
+    if admin.startswith("unix:"):
+        if not admin[5:].startswith("/"):
+            raise ctx.error("daemon.admin", f"a unix socket needs an absolute path, got {admin!r}")
+        return
+    try:
+        host, _ = split_host_port(admin)
+    except ValueError as e:
+        raise ctx.error("daemon.admin", str(e)) from None
+    if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127.") and not allow_remote:
+        raise ctx.error(
+            "daemon.admin",
+            f"{host!r} is not a loopback address; the admin port must stay private unless "
+            "daemon.allow_remote_admin = true (then put TLS and auth in front of it)",
+        )
+
+
+_COMMON = {"id", "restart", "shutdown", "significant", "backoff"}
+_SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
+_WORKER = _COMMON | {"worker", "config", "start_timeout"}
+_PROCESS = _COMMON | {"command", "env", "cwd", "inherit_env", "ready"}
+_SUPERVISOR = _COMMON | _SUP_FLAGS | {"children"}
+
+
+def _flags(ctx: _Ctx, table: Mapping[str, Any], key: str) -> SupervisorFlags:
+    kwargs = {k: table[k] for k in _SUP_FLAGS if k in table}
+    try:
+        return SupervisorFlags(**kwargs)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}" if key else e.field, str(e).split(": ", 1)[1]) from None
+
+
+def _backoff(ctx: _Ctx, value: Any, key: str) -> Backoff | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ctx.error(f"{key}.backoff", f"must be a table like {{ initial = 0.5, max = 30 }}, got {value!r}")
+    _check_keys(ctx, value, {"initial", "max", "multiplier", "jitter", "reset_after"}, f"{key}.backoff")
+    try:
+        return Backoff(**value)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+
+def _ready(ctx: _Ctx, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
+    if value is None:
+        return None
+    k = f"{key}.ready"
+    if not isinstance(value, dict):
+        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {value!r}')
+    _check_keys(ctx, value, {"tcp", "command", "timeout", "interval"}, k)
+    if ("tcp" in value) == ("command" in value):
+        raise ctx.error(k, 'needs exactly one of "tcp" or "command"')
+    try:
+        if "tcp" in value:
+            if "interval" in value:
+                raise ctx.error(f"{k}.interval", "applies only to command readiness")
+            if not isinstance(value["tcp"], str):
+                raise ctx.error(f"{k}.tcp", f'must be "host:port", got {value["tcp"]!r}')
+            try:
+                host, port = split_host_port(value["tcp"])
+            except ValueError as e:
+                raise ctx.error(f"{k}.tcp", str(e)) from None
+            return ReadyTCP(host=host, port=port, **({"timeout": value["timeout"]} if "timeout" in value else {}))
+        extra = {n: value[n] for n in ("timeout", "interval") if n in value}
+        return ReadyCommand(command=value["command"], **extra)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+
+def _load_factory(ctx: _Ctx, name: str, key: str) -> WorkerFactory:
+    target = builtin_workers().get(name, name)
+    mod_name, sep, attr = target.partition(":")
+    if not sep or not mod_name or not attr:
+        known = ", ".join(sorted(builtin_workers()))
+        hint = f'use a built-in ({known}) or "package.module:factory"'
+        raise ctx.error(f"{key}.worker", f"unknown worker {name!r}: {hint}")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module
+        raise ctx.error(f"{key}.worker", f"cannot import {mod_name!r}: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ctx.error(f"{key}.worker", f"{mod_name!r} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def _fingerprint(table: Mapping[str, Any], drop: set[str]) -> str:
+    return json.dumps({k: v for k, v in table.items() if k not in drop}, sort_keys=True, default=str)
+
+
+def _child(  # noqa: PLR0917
+    ctx: _Ctx, table: Any, key: str, parent: str, entries: dict[str, ChildEntry], factories: dict[str, WorkerFactory]
+) -> ChildSpec:
+    if not isinstance(table, dict):
+        raise ctx.error(key, "must be a table")
+    cid = table.get("id")
+    if not isinstance(cid, str) or not cid:
+        raise ctx.error(f"{key}.id", f"must be a non-empty string, got {cid!r}")
+    kinds = [k for k in ("worker", "command", "children") if k in table]
+    if len(kinds) != 1:
+        what = " and ".join(kinds) if kinds else "none of them"
+        raise ctx.error(
+            key,
+            f'needs exactly one of "worker" (in-process), "command" (OS process) or "children" '
+            f"(supervisor); has {what}",
+        )
+    kind = kinds[0]
+    allowed = {"worker": _WORKER, "command": _PROCESS, "children": _SUPERVISOR}[kind]
+    for k in table:
+        if k not in allowed:
+            what = {"worker": "an in-process worker", "command": "an OS process", "children": "a supervisor"}[kind]
+            raise ctx.error(f"{key}.{k}", f"not valid for {what} (allowed: {', '.join(sorted(allowed))})")
+    path = f"{parent}/{cid}" if parent else cid
+    common: dict[str, Any] = {k: table[k] for k in ("id", "restart", "shutdown", "significant") if k in table}
+    common["backoff"] = _backoff(ctx, table.get("backoff"), key)
+    try:
+        if kind == "worker":
+            name = table["worker"]
+            if not isinstance(name, str):
+                raise ctx.error(f"{key}.worker", f"must be a string, got {name!r}")
+            settings = table.get("config", {})
+            if not isinstance(settings, dict):
+                raise ctx.error(f"{key}.config", f"must be a table, got {settings!r}")
+            factory = factories.get(name) or _load_factory(ctx, name, key)
+            try:
+                run = factory(settings)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ctx.error(f"{key}.config", str(e)) from None
+            extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
+            spec: ChildSpec = WorkerSpec(run=run, **common, **extra)
+            entries[path] = ChildEntry(path=path, kind="worker", fingerprint=_fingerprint(table, set()))
+        elif kind == "command":
+            env = table.get("env", {})
+            if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+                raise ctx.error(f"{key}.env", f"must be a table of strings, got {env!r}")
+            spec = ProcessSpec(
+                command=table["command"],
+                env=env,
+                cwd=table.get("cwd"),
+                inherit_env=table.get("inherit_env", True),
+                ready=_ready(ctx, table.get("ready"), key),
+                **common,
+            )
+            entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, set()))
+        else:
+            children = table["children"]
+            if not isinstance(children, list):
+                raise ctx.error(f"{key}.children", "must be an array of tables ([[...children]])")
+            kids = [_child(ctx, c, f"{key}.children[{i}]", path, entries, factories) for i, c in enumerate(children)]
+            flags = _flags(ctx, table, key)
+            spec = SupervisorSpec(children=kids, flags=flags, **common)
+            own = _fingerprint(table, {"children"} | _SUP_FLAGS)
+            entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
+    return spec
+
+
+def parse_config(
+    text: str,
+    file: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    factories: Mapping[str, WorkerFactory] | None = None,
+) -> Config:
+    ctx = _Ctx(file, text, os.environ if env is None else env)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError(file, "", f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
+    _check_keys(ctx, raw, {"daemon", "tree"}, "")
+    data = ctx.expand(raw, "")
+    daemon = _daemon(ctx, data.get("daemon"))
+    tree = data.get("tree")
+    if not isinstance(tree, dict):
+        raise ctx.error("tree", "missing: the root supervisor ([tree] with strategy, intensity, period, children)")
+    _check_keys(ctx, tree, _SUP_FLAGS | {"id", "children"}, "tree")
+    children = tree.get("children", [])
+    if not isinstance(children, list):
+        raise ctx.error("tree.children", "must be an array of tables ([[tree.children]])")
+    entries: dict[str, ChildEntry] = {}
+    facs = dict(factories or {})
+    kids = [_child(ctx, c, f"tree.children[{i}]", "", entries, facs) for i, c in enumerate(children)]
+    flags = _flags(ctx, tree, "tree")
+    root_id = tree.get("id", "root")
+    try:
+        spec = SupervisorSpec(id=root_id, children=kids, flags=flags)
+    except SpecError as e:
+        raise ctx.error(f"tree.{e.field}", str(e).split(": ", 1)[1]) from None
+    entries[""] = ChildEntry(path="", kind="supervisor", fingerprint=str(root_id), flags=flags)
+    return Config(file=file, daemon=daemon, tree=spec, entries=entries)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    factories: Mapping[str, WorkerFactory] | None = None,
+) -> Config:
+    """Read and validate the config at ``path``.
+
+    Default: ``$MCP_SUPERVISOR_CONFIG``, then ``config/supervision.toml``.
+    """
+    environ = os.environ if env is None else env
+    chosen = Path(path or environ.get("MCP_SUPERVISOR_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(chosen), "", f"cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(chosen), "", "the config file is not UTF-8") from None
+    return parse_config(text, str(chosen), environ, factories)

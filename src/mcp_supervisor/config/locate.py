@@ -1,0 +1,63 @@
+"""Find the line of a key path like ``tree.children[1].children[0].shutdown`` in TOML text (best effort).
+
+``tomllib`` keeps no positions, so this scans headers (``[a.b]``, ``[[a.b]]``) and ``key = value`` lines, giving
+every array-of-tables element its index, and falls back to the nearest enclosing key it can find.
+"""
+
+from __future__ import annotations
+
+import re
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*(\]\]?)\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+
+
+def _split(dotted: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in dotted.split(".")]
+
+
+def index_lines(text: str) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    arrays: set[str] = set()
+    current = ""
+    depth = 0  # inside a multi-line array or inline table: not a key line
+    for no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0] if '"' not in raw and "'" not in raw else raw
+        if depth == 0 and (m := _HEADER.match(raw)):
+            is_array = m.group(1) == "[["
+            canon = ""
+            parts = _split(m.group(2))
+            for i, seg in enumerate(parts):
+                canon = f"{canon}.{seg}" if canon else seg
+                last = i == len(parts) - 1
+                if last and is_array:
+                    counts[canon] = counts.get(canon, -1) + 1
+                    arrays.add(canon)
+                    canon = f"{canon}[{counts[canon]}]"
+                elif canon in arrays:
+                    canon = f"{canon}[{counts[canon]}]"
+            current = canon
+            lines.setdefault(current, no)
+            continue
+        if depth == 0 and (m := _KEY.match(line)):
+            key = ".".join(_split(m.group(1)))
+            full = f"{current}.{key}" if current else key
+            lines.setdefault(full, no)
+        depth += line.count("[") + line.count("{") - line.count("]") - line.count("}")
+        depth = max(depth, 0)
+    return lines
+
+
+def locate(text: str, key: str) -> int | None:
+    """The line defining ``key`` or the nearest enclosing key, or None."""
+    if not key:
+        return None
+    lines = index_lines(text)
+    probe = key
+    while probe:
+        if probe in lines:
+            return lines[probe]
+        cut = max(probe.rfind("."), probe.rfind("["))
+        probe = probe[:cut] if cut > 0 else ""
+    return None

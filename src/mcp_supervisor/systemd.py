@@ -1,0 +1,78 @@
+"""sd_notify(3) and the watchdog; the only reader of NOTIFY_SOCKET and WATCHDOG_*.
+
+Construct :class:`Notifier` before spawning anything: it removes ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and
+``WATCHDOG_PID`` from the environment so children never inherit them (systemd would drop or misread their
+messages). Outside systemd every method is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+
+
+class Notifier:
+    def __init__(self) -> None:
+        addr = os.environ.pop("NOTIFY_SOCKET", None)
+        pid_ok = os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
+        usec = os.environ.pop("WATCHDOG_USEC", "") if pid_ok else ""
+        os.environ.pop("WATCHDOG_PID", None)
+        self.watchdog_usec = int(usec) if usec.isdigit() else 0
+        if addr and addr.startswith("@"):
+            addr = "\0" + addr[1:]
+        self._addr = addr if addr and addr[0] in "/\0" else None
+        self.pings = 0
+        self.sent: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self._addr is not None
+
+    def send(self, **fields: object) -> None:
+        if self._addr is None:
+            return
+        msg = "\n".join(f"{k}={_one_line(v)}" for k, v in fields.items())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(msg.encode(), self._addr)
+            self.sent.append(msg)
+        except OSError:
+            pass  # sd_notify(3): the return value is best ignored
+
+    def ready(self, status: str) -> None:
+        self.send(READY=1, STATUS=status)
+
+    def status(self, status: str) -> None:
+        self.send(STATUS=status)
+
+    def reloading(self) -> None:
+        self.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+
+    def stopping(self, status: str = "stopping") -> None:
+        self.send(STOPPING=1, STATUS=status)
+
+    async def watchdog(self) -> None:
+        """Ping at half of WATCHDOG_USEC from the event loop itself, so a blocked loop stops the pings."""
+        if not self.watchdog_usec or self._addr is None:
+            return
+        interval = self.watchdog_usec / 2e6
+        while True:
+            self.send(WATCHDOG=1)
+            self.pings += 1
+            await asyncio.sleep(interval)
+
+
+def _one_line(value: object) -> str:
+    return str(value).replace("\n", " ")
+
+
+def listen_unix_dgram(path: str) -> socket.socket:
+    """A receiver for tests and tools: a datagram socket that collects sd_notify messages."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    return s

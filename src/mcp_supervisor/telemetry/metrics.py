@@ -1,0 +1,80 @@
+"""Prometheus metrics through one registry; tree state is collected on scrape (client_python custom collectors)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from .. import __version__
+
+STATES = ("starting", "running", "restarting", "stopping", "stopped")
+
+
+class TreeCollector(Collector):
+    """Per-child up, state (one-hot) and restarts, read from the tree's status document at scrape time."""
+
+    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("mcp_child_up", "1 when the child is running", labels=["child", "kind"])
+        state = GaugeMetricFamily("mcp_child_state", "The child's state (one-hot)", labels=["child", "state"])
+        restarts = CounterMetricFamily("mcp_child_restarts", "Restarts of the child", labels=["child"])
+        doc = self._status()
+        if doc is not None:
+            for node in _walk(doc):
+                child = node["path"] or "/"
+                up.add_metric([child, node["kind"]], 1.0 if node["state"] == "running" else 0.0)
+                for s in STATES:
+                    state.add_metric([child, s], 1.0 if node["state"] == s else 0.0)
+                restarts.add_metric([child], float(node["restarts"]))
+        yield up
+        yield state
+        yield restarts
+
+
+def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for c in node.get("children", ()):
+        yield from _walk(c)
+
+
+class DaemonMetrics:
+    """The daemon's registry: tree state, reloads, watchdog, event drops, build info, process metrics."""
+
+    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(TreeCollector(status))
+        Info("mcp_build", "mcp-supervisor build", registry=self.registry).info({"version": __version__})
+        self.reloads = Counter("mcp_config_reloads", "Config reloads by result", ["result"], registry=self.registry)
+        self.last_reload_ok = Gauge(
+            "mcp_config_last_reload_successful", "1 if the last reload succeeded", registry=self.registry
+        )
+        self.last_reload_ok.set(1)
+        self.last_reload_ts = Gauge(
+            "mcp_config_last_reload_success_timestamp_seconds", "Time of the last good load", registry=self.registry
+        )
+        self.last_reload_ts.set_to_current_time()
+        self.watchdog_pings = Counter("mcp_watchdog_pings", "sd_notify WATCHDOG=1 sent", registry=self.registry)
+        self.events_dropped = Gauge(
+            "mcp_events_dropped", "Events the log subscriber dropped (it was too slow)", registry=self.registry
+        )
+        self.admin_requests = Counter(
+            "mcp_admin_mutations", "Mutating admin requests by outcome", ["outcome"], registry=self.registry
+        )
+
+    def reload_result(self, ok: bool) -> None:
+        self.reloads.labels("success" if ok else "failure").inc()
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_ts.set_to_current_time()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
