@@ -337,15 +337,33 @@ def bench_loop(name: str, factory: Callable[[], asyncio.AbstractEventLoop] | Non
     sup = run(factory, restart_latency_supervised(n_restart))
     bare = run(factory, restart_latency_bare(n_restart))
     us = 1e6
-    record("inproc_restart_latency_median", statistics.median(sup) * us, "us", "bare asyncio task re-creation loop",
-           statistics.median(bare) * us, name)
-    record("inproc_restart_latency_p99", pct(sup, 0.99) * us, "us", "bare asyncio task re-creation loop",
-           pct(bare, 0.99) * us, name)
+    record(
+        "inproc_restart_latency_median",
+        statistics.median(sup) * us,
+        "us",
+        "bare asyncio task re-creation loop",
+        statistics.median(bare) * us,
+        name,
+    )
+    record(
+        "inproc_restart_latency_p99",
+        pct(sup, 0.99) * us,
+        "us",
+        "bare asyncio task re-creation loop",
+        pct(bare, 0.99) * us,
+        name,
+    )
 
     sup = run(factory, os_restart_supervised(n_os))
     bare = run(factory, os_restart_bare(n_os))
-    record("os_restart_latency_median", statistics.median(sup) * 1e3, "ms", "bare spawn of the same command",
-           statistics.median(bare) * 1e3, name)
+    record(
+        "os_restart_latency_median",
+        statistics.median(sup) * 1e3,
+        "ms",
+        "bare spawn of the same command",
+        statistics.median(bare) * 1e3,
+        name,
+    )
 
     sup_call = run(factory, call_supervised(n_call))
     bare_call = run(factory, call_bare(n_call))

@@ -80,7 +80,11 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
         if hosts is not None and request.host not in hosts:
             return _error(421, f"unexpected Host header {request.host!r}; use a loopback name")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _error(413, f"request body over {MAX_BODY} bytes")
         try:
+            if request.body_exists:
+                await request.read()  # enforces client_max_size for chunked bodies too
             return await handler(request)
         except web.HTTPException:
             raise

@@ -1,0 +1,171 @@
+"""Run the daemon as a real subprocess with a temporary config and a test NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def wait_until(cond: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Daemon:
+    """``mcp-supervisor run`` in a subprocess; records its sd_notify datagrams and its log lines."""
+
+    def __init__(self, tmp: Path, tree_toml: str, *, token: bool = True, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.admin = f"127.0.0.1:{self.port}"
+        self.config = tmp / "supervision.toml"
+        self.token_file = tmp / "token"
+        self.token_file.write_text(TOKEN + "\n")
+        self.token_line = f'admin_token_file = "{self.token_file}"\n' if token else ""
+        self.write(tree_toml)
+        self.notify_path = str(tmp / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(0.05)
+        self.messages: list[str] = []
+        self.log_path = tmp / "daemon.log"
+        env_all = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONUNBUFFERED="1", **(env or {}))
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_supervisor.cli", "run", "--config", str(self.config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env_all,
+            cwd=tmp,
+        )
+
+    def write(self, tree_toml: str) -> None:
+        self.config.write_text(
+            f'[daemon]\nadmin = "{self.admin}"\n{self.token_line}log_format = "json"\nlog_level = "debug"\n\n'
+            + tree_toml
+        )
+
+    # -- sd_notify ---------------------------------------------------------------------------------------
+    def drain_notify(self) -> list[str]:
+        while self.notify.fileno() != -1:
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+        return self.messages
+
+    def wait_notify(self, needle: str, timeout: float = 20.0, after: int = 0) -> str:
+        def found() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+            return next((m for m in self.drain_notify()[after:] if needle in m.split("\n")), None)
+
+        return str(wait_until(found, timeout, f"sd_notify {needle}"))
+
+    def wait_ready(self) -> None:
+        self.wait_notify("READY=1")
+
+    # -- HTTP -----------------------------------------------------------------------------------------------
+    def request(
+        self, method: str, path: str, token: str | None = TOKEN, headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+        req = urllib.request.Request(f"http://{self.admin}{path}", method=method, data=body)
+        if token is not None and method == "POST":
+            req.add_header("Authorization", f"Bearer {token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                status, hdrs = resp.status, dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            raw, status, hdrs = e.read(), e.code, dict(e.headers)
+        try:
+            return status, json.loads(raw), hdrs
+        except ValueError:
+            return status, raw.decode(), hdrs
+
+    def status(self) -> dict[str, Any]:
+        code, doc, _ = self.request("GET", "/status")
+        assert code == 200, doc
+        return doc  # type: ignore[no-any-return]
+
+    def node(self, path: str) -> dict[str, Any]:
+        stack = [self.status()]
+        while stack:
+            n = stack.pop()
+            if n["path"] == path:
+                return n
+            stack.extend(n.get("children", []))
+        raise KeyError(path)
+
+    def pids(self, *paths: str) -> dict[str, int]:
+        return {p: self.node(p)["pid"] for p in paths}
+
+    def metrics(self) -> str:
+        code, text, _ = self.request("GET", "/metrics")
+        assert code == 200
+        return str(text)
+
+    # -- life -----------------------------------------------------------------------------------------------
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        self.drain_notify()
+        self.notify.close()
+        return code

@@ -1,0 +1,119 @@
+"""The config file contract: keys, env expansion, located errors, and the shipped templates."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mcp_supervisor.config import ConfigError, parse_config
+from mcp_supervisor.core import ProcessSpec, ReadyTCP, SupervisorSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FULL = """
+[daemon]
+admin = "unix:/run/mcp/admin.sock"
+log_format = "json"
+
+[tree]
+strategy = "one_for_one"
+intensity = 3
+period = 5
+
+[[tree.children]]
+id = "edge"
+strategy = "rest_for_one"
+[[tree.children.children]]
+id = "proxy"
+command = ["/usr/bin/some-daemon", "--flag", "${FLAG:-x}"]
+env = { MODE = "${MODE}" }
+restart = "transient"
+shutdown = 10
+backoff = { initial = 0.5, max = 30 }
+ready = { tcp = "127.0.0.1:8081", timeout = 15 }
+"""
+
+
+def test_the_documented_shape_builds_the_specs() -> None:
+    cfg = parse_config(FULL, "f.toml", env={"MODE": "prod"})
+    assert cfg.daemon.admin == "unix:/run/mcp/admin.sock" and cfg.daemon.log_format == "json"
+    edge = cfg.tree.children[0]
+    assert isinstance(edge, SupervisorSpec) and edge.flags.strategy == "rest_for_one"
+    proxy = edge.children[0]
+    assert isinstance(proxy, ProcessSpec)
+    assert proxy.command == ("/usr/bin/some-daemon", "--flag", "x") and proxy.env == {"MODE": "prod"}
+    assert proxy.shutdown == 10 and proxy.backoff is not None and proxy.backoff.max == 30
+    assert proxy.ready == ReadyTCP(host="127.0.0.1", port=8081, timeout=15)
+    assert set(cfg.entries) == {"", "edge", "edge/proxy"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("shutdown = 10", "shutdown = -1"), "f.toml:19: tree.children[0].children[0].shutdown: must be >= 0"),
+        (("shutdown = 10", "shutdwn = 10"), "f.toml:19: tree.children[0].children[0].shutdwn: not valid for an OS"),
+        (('restart = "transient"', 'restart = "sometimes"'), "f.toml:18: tree.children[0].children[0].restart"),
+        (("timeout = 15 }", "timeout = 15, interval = 1 }"), "ready.interval: applies only to command readiness"),
+        (('tcp = "127.0.0.1:8081"', 'tcp = "nope"'), "tree.children[0].children[0].ready.tcp: must be"),
+        (('strategy = "rest_for_one"', 'strategy = "rest_for_all"'), "f.toml:13: tree.children[0].strategy"),
+        (('id = "proxy"', 'id = "proxy"\nworker = "x:y"'), "needs exactly one of"),
+        (('admin = "unix:/run/mcp/admin.sock"', 'admin = "0.0.0.0:7080"'), "daemon.admin: '0.0.0.0' is not a loopback"),
+        (('log_format = "json"', 'log_format = "xml"'), "f.toml:4: daemon.log_format"),
+        (("[daemon]", "[demon]"), "demon: unknown key"),
+        (
+            ('env = { MODE = "${MODE}" }', 'env = { MODE = "${UNSET_VAR_X}" }'),
+            "environment variable UNSET_VAR_X is not set",
+        ),
+        (("period = 5", "period = 5\nperiod = 6"), "not valid TOML"),
+    ],
+)
+def test_errors_name_the_file_line_and_key(edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(FULL.replace(*edit), "f.toml", env={"MODE": "prod"})
+    assert message in str(err.value)
+
+
+def test_unknown_worker_and_bad_worker_settings_are_config_errors() -> None:
+    base = '[tree]\n[[tree.children]]\nid = "w"\nworker = "{}"\n'
+    with pytest.raises(ConfigError, match=r"tree.children\[0\].worker: unknown worker 'nosuch'"):
+        parse_config(base.format("nosuch"), env={})
+    with pytest.raises(ConfigError, match="cannot import 'no_such_module_x'"):
+        parse_config(base.format("no_such_module_x:factory"), env={})
+
+    def factory(settings: dict[str, object]) -> object:
+        if "interval" not in settings:
+            raise ValueError("interval: required (seconds between rounds)")
+        return lambda ctx: None
+
+    with pytest.raises(ConfigError, match=r"tree.children\[0\].config: interval: required"):
+        parse_config(base.format("mine"), env={}, factories={"mine": factory})  # type: ignore[dict-item]
+
+
+def test_the_production_template_passes_check_config() -> None:
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/mcp-supervisor"), "check-config", str(ROOT / "config/supervision.toml")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "valid" in run.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("unit", ["mcp-supervisor.service", "mcp-supervisor-notify-reload.service"])
+def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
+    text = (ROOT / "systemd" / unit).read_text()
+    exe = ROOT / ".venv/bin/mcp-supervisor"
+    (tmp_path / unit).write_text(text.replace("/opt/mcp-supervisor/bin/mcp-supervisor", str(exe)))
+    run = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    version = int(subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True).stdout.split()[1])
+    problems = [line for line in run.stderr.splitlines() if unit in line]
+    if version >= 254 or unit == "mcp-supervisor.service":
+        assert problems == []
+    else:  # older systemd only ignores the newer keys, exactly these
+        assert all(("notify-reload" in p or "Unknown key" in p) for p in problems), problems
+    assert "KillMode=mixed" in text and "RestartPreventExitStatus=78" in text
