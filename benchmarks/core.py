@@ -320,6 +320,28 @@ async def many_bare(n: int, measure_memory: bool) -> tuple[float, float, float]:
     return t_start, t_stop, mem
 
 
+# -- event hot path --------------------------------------------------------------------------------------------
+async def emit_cost(n: int, with_sink: bool) -> float:
+    """ns per event on the emitting side, as the core emits (build the event only when someone listens)."""
+    from mcp_supervisor.core import ChildStarted
+    from mcp_supervisor.telemetry.sink import factory as sink_factory
+
+    children = [WorkerSpec(id="telemetry", run=sink_factory({}))] if with_sink else []
+    tree = Tree(SupervisorSpec(id="root", children=children))
+    await tree.start()
+    bus = tree.bus
+    spent = 0.0
+    for _ in range(n // 1000):
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            if bus.active:
+                bus.emit(ChildStarted(path="a/b", kind="worker", pid=None, restarts=1))
+        spent += time.perf_counter() - t0
+        await asyncio.sleep(0)  # let the sink consume between batches
+    await tree.stop()
+    return spent / n * 1e9
+
+
 # -- driver ---------------------------------------------------------------------------------------------------
 def run(loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, coro: Coroutine[Any, Any, Any]) -> Any:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -381,6 +403,11 @@ def bench_loop(name: str, factory: Callable[[], asyncio.AbstractEventLoop] | Non
     _, _, b_mem = run(factory, many_bare(n_many, True))
     record("memory_per_idle_child", s_mem, "bytes", "bare idle task", b_mem, name)
     RESULTS[-1]["extra_per_child_bytes"] = round(s_mem - b_mem, 1)
+
+    n_events = 200_000 if quick else 1_000_000
+    with_sink = run(factory, emit_cost(n_events, True))
+    without = run(factory, emit_cost(n_events, False))
+    record("event_emit_cost_with_sink", with_sink, "ns", "no subscriber", without, name)
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)  # before READY=1 (systemd/systemd#39692)
 
         tree = Tree(cfg.tree)
+        tree.rt.extensions["metrics_registry"] = self.metrics.registry  # one registry for every metric
         self.tree = tree
         sub = tree.bus.subscribe(maxlen=100_000)
         self._spawn(log_events(sub, self.log))

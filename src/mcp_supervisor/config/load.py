@@ -81,6 +81,33 @@ class Config:
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_WHOLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?\d+\.\d+")
+
+
+class _Expanded(str):
+    """A string that was exactly one ``${VAR}``: where the schema wants a number or a boolean, its text may
+    spell one (``intensity = "${MAX_RESTARTS:-3}"``). Elsewhere it stays the string it is."""
+
+    __slots__ = ()
+
+
+def as_number(value: Any) -> Any:
+    """``value``, or the number an expanded ``${VAR}`` spells (for settings that must be numbers)."""
+    if isinstance(value, str) and (_INT.fullmatch(value) or _FLOAT.fullmatch(value)):
+        return int(value) if _INT.fullmatch(value) else float(value)
+    return value
+
+
+def _numbers(table: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(table)
+    for k in keys:
+        if isinstance(out.get(k), _Expanded):
+            out[k] = as_number(out[k])
+    return out
+
+
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -107,7 +134,8 @@ class _Ctx:
                     return default
                 return got
 
-            return _VAR.sub(sub, value)
+            expanded = _VAR.sub(sub, value)
+            return _Expanded(expanded) if _WHOLE.fullmatch(value) else expanded
         if isinstance(value, list):
             return [self.expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, dict):
@@ -197,6 +225,7 @@ _SUPERVISOR = _COMMON | _SUP_FLAGS | {"children"}
 
 
 def _flags(ctx: _Ctx, table: Mapping[str, Any], key: str) -> SupervisorFlags:
+    table = _numbers(table, ("intensity", "period"))
     kwargs = {k: table[k] for k in _SUP_FLAGS if k in table}
     try:
         return SupervisorFlags(**kwargs)
@@ -211,7 +240,7 @@ def _backoff(ctx: _Ctx, value: Any, key: str) -> Backoff | None:
         raise ctx.error(f"{key}.backoff", f"must be a table like {{ initial = 0.5, max = 30 }}, got {value!r}")
     _check_keys(ctx, value, {"initial", "max", "multiplier", "jitter", "reset_after"}, f"{key}.backoff")
     try:
-        return Backoff(**value)
+        return Backoff(**_numbers(value, ("initial", "max", "multiplier", "jitter", "reset_after")))
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
 
@@ -223,6 +252,7 @@ def _ready(ctx: _Ctx, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
     if not isinstance(value, dict):
         raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {value!r}')
     _check_keys(ctx, value, {"tcp", "command", "timeout", "interval"}, k)
+    value = _numbers(value, ("timeout", "interval"))
     if ("tcp" in value) == ("command" in value):
         raise ctx.error(k, 'needs exactly one of "tcp" or "command"')
     try:
@@ -286,6 +316,7 @@ def _child(  # noqa: PLR0917
             what = {"worker": "an in-process worker", "command": "an OS process", "children": "a supervisor"}[kind]
             raise ctx.error(f"{key}.{k}", f"not valid for {what} (allowed: {', '.join(sorted(allowed))})")
     path = f"{parent}/{cid}" if parent else cid
+    table = _numbers(table, ("shutdown", "start_timeout"))
     common: dict[str, Any] = {k: table[k] for k in ("id", "restart", "shutdown", "significant") if k in table}
     common["backoff"] = _backoff(ctx, table.get("backoff"), key)
     try:

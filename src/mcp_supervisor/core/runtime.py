@@ -31,6 +31,7 @@ class Runtime:
         self.unstopped: list[str] = []
         self.guardian: Guardian | None = None
         self._handle_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.extensions: dict[str, Any] = {}  # shared objects the composition root hands to workers
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)

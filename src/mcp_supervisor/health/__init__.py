@@ -1,0 +1,5 @@
+"""The health monitor: concurrent probes with their own timeouts, criticality, snapshots for /readyz and /health."""
+
+from .probes import CheckOutcome, ProbeResult, run_check
+
+__all__ = ["CheckOutcome", "ProbeResult", "run_check"]
