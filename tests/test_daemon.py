@@ -250,3 +250,24 @@ def test_a_broken_config_exits_78_naming_the_key(tmp_path: Path) -> None:
         [sys.executable, "-m", "mcp_supervisor.cli", "check-config", str(cfg)], capture_output=True, text=True
     )
     assert check.returncode == 78 and "tree.children[0].restart" in check.stderr
+
+
+def test_health_endpoints_read_the_health_monitor(daemons: list[Daemon], tmp_path: Path) -> None:
+    toml = children("svc") + (
+        '\n[[tree.children]]\nid = "telemetry"\nworker = "telemetry"\n'
+        '\n[[tree.children]]\nid = "health"\nworker = "health"\n'
+        '[tree.children.config]\ninterval = "${HEALTH_EVERY:-3600}"\nchecks = ["svc"]\ncritical = ["svc"]\n'
+    )
+    d = start(daemons, tmp_path, toml)
+    wait_until(lambda: d.request("GET", "/readyz")[0] == 200, what="first health round")
+    code, doc, headers = d.request("GET", "/health")
+    assert code == 200 and headers["Content-Type"].startswith("application/health+json")
+    assert doc["status"] == "pass" and doc["checks"]["svc:responseTime"][0]["status"] == "pass"
+    assert "system:memory" in doc["checks"]
+    d.request("POST", "/children/svc/stop")
+    code, doc, _ = d.request("POST", "/health/check")
+    assert code == 200 and doc["status"] == "fail"
+    assert d.request("GET", "/readyz")[0] == 503 and d.request("GET", "/health")[0] == 503
+    assert 'mcp_health_check_status{check="svc:responseTime"} 0.0' in d.metrics()
+    events = [e for e in d.log_events() if e.get("event") == "health changed"]
+    assert [(e["previous"], e["current"]) for e in events] == [("unknown", "healthy"), ("healthy", "unhealthy")]
