@@ -37,6 +37,8 @@ It validates its settings and raises ``ValueError`` (naming the setting) for bad
 def builtin_workers() -> dict[str, str]:
     """Built-in worker names and the factories they load."""
     return {
+        "postgres": "mcp_supervisor.services.postgres:factory",
+        "redis": "mcp_supervisor.services.redis:factory",
         "health": "mcp_supervisor.health.monitor:factory",
         "telemetry": "mcp_supervisor.telemetry.sink:factory",
     }
