@@ -309,7 +309,7 @@ class Cache:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except (RedisError, OSError):
                     pass
 
@@ -355,7 +355,7 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
                     raise ServiceUnavailable(f"lost redis {settings.describe()}: {type(e).__name__}") from e
     finally:
         try:
-            await client.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
         except (RedisError, OSError):
             pass
 
