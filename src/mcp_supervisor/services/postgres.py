@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import re
 import ssl
 import time
@@ -31,6 +32,8 @@ POOL_BY_ENV = {"prod": 20, "test": 1, "dev": 10}
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 _TENANT_ID = re.compile(r"^[a-z0-9_]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# what a lost server or a pool closed under a query looks like
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 _OPERATIONS = ("select", "insert", "update", "delete", "with", "create", "drop", "alter", "begin", "commit")
 
 
@@ -144,7 +147,7 @@ class Database:
                 f"no database connection free within {self.settings.acquire_timeout:g}s "
                 f"(pool size {self.settings.pool_size})"
             ) from None
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+        except _CONNECTION_ERRORS as e:
             raise ServiceUnavailable(f"database {self.settings.describe()} is unreachable: {e}") from e
         try:
             yield conn
@@ -155,7 +158,7 @@ class Database:
         async with self.acquire() as conn:
             try:
                 return await getattr(conn, method)(sql, *args, timeout=timeout or self.settings.command_timeout)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+            except _CONNECTION_ERRORS as e:
                 raise ServiceUnavailable(f"database connection lost: {type(e).__name__}: {e}") from e
 
     async def fetch(self, sql: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
@@ -202,7 +205,9 @@ class Database:
         self.extensions = {r["extname"]: r["extversion"] for r in rows}
         return self.extensions
 
-    async def create_hypertable(self, table: str, time_column: str, chunk_interval: str = "7 days") -> None:
+    async def create_hypertable(
+        self, table: str, time_column: str, chunk_interval: str | dt.timedelta = "7 days"
+    ) -> None:
         """TimescaleDB ``create_hypertable(..., by_range(...), if_not_exists => TRUE)``: parameterised, idempotent."""
         if "timescaledb" not in await self.detect_extensions():
             raise ExtensionMissing(
@@ -212,7 +217,8 @@ class Database:
         if not _IDENT.match(time_column):
             raise ValueError(f"invalid time column {time_column!r}")
         await self.execute(
-            "SELECT create_hypertable($1::regclass, by_range($2, $3::interval), if_not_exists => TRUE)",
+            f"SELECT create_hypertable($1::regclass, by_range($2, {_interval_param(chunk_interval, 3)}), "
+            "if_not_exists => TRUE)",
             _qualified(table),
             time_column,
             chunk_interval,
@@ -251,10 +257,10 @@ class Database:
         )
         return status.endswith(" 1")
 
-    async def purge(self, table: str, older_than: str = "30 days") -> int:
-        """Hard-delete rows archived more than ``older_than`` ago."""
+    async def purge(self, table: str, older_than: str | dt.timedelta = "30 days") -> int:
+        """Hard-delete rows archived more than ``older_than`` ago (``"30 days"`` or a timedelta)."""
         status = await self.execute(
-            f"DELETE FROM {_qualified(table)} WHERE archived_at < now() - $1::interval", older_than
+            f"DELETE FROM {_qualified(table)} WHERE archived_at < now() - {_interval_param(older_than)}", older_than
         )
         return int(status.split()[-1])
 
@@ -271,6 +277,11 @@ class Database:
         return ProbeResult(status=status, observed_value=st["used"], observed_unit="connections",
                            measurement="connections", component_type="datastore",
                            output="pool exhausted" if status == "warn" else "")  # fmt: skip
+
+
+def _interval_param(value: str | dt.timedelta, n: int = 1) -> str:
+    """A parameter placeholder for an interval given as text (``'30 days'``) or as a timedelta."""
+    return f"${n}::interval" if isinstance(value, dt.timedelta) else f"${n}::text::interval"
 
 
 def _operation(sql: str) -> str:

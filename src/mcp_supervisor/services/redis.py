@@ -159,6 +159,16 @@ class RedisSettings:
         return aioredis.Redis(connection_pool=pool)
 
 
+class _Reconnects:
+    """Counts reconnects of a pub/sub connection (redis-py keeps connect callbacks as weak methods)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_connect(self, connection: Any) -> None:
+        self.count += 1
+
+
 class Cache:
     """The concurrency-safe handle of the redis worker."""
 
@@ -266,13 +276,20 @@ class Cache:
             if not isinstance(e, Exception):
                 raise
             return
-        self._flights.pop(key, None)
         flight.set_result(value)
-        seconds = ttl(value) if callable(ttl) else ttl
         try:
+            seconds = ttl(value) if callable(ttl) else ttl
             await self.set(key, value, _jitter(_ttl(seconds)))
         except (ServiceUnavailable, CacheError):
             pass  # the value is served; the error event says the cache is degraded
+        finally:
+            # A GET issued before the value was stored may still answer "miss"; for as long as such a GET can
+            # take (the socket timeout), it finds this finished flight instead of computing again.
+            asyncio.get_running_loop().call_later(self.settings.socket_timeout, self._land, key, flight)
+
+    def _land(self, key: str, flight: asyncio.Future[Any]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
 
     # -- pub/sub -------------------------------------------------------------------------------------------
     async def publish(self, channel: str, data: Any) -> int:
@@ -284,19 +301,31 @@ class Cache:
         return int(await self._call("publish", self.client.publish(channel, text), direction="out"))
 
     async def subscribe(self, channel: str) -> AsyncIterator[Message | Gap]:
-        """Messages of ``channel``; after a lost connection, a :class:`Gap`, then messages again."""
+        """Messages of ``channel``; after a lost connection, a :class:`Gap`, then messages again.
+
+        redis-py may reconnect and re-subscribe by itself (its retries); a connect callback notices that, so a
+        reconnect always yields a Gap whether or not an error surfaced here.
+        """
         backoff = 0.05
         down_since: float | None = None
+        watch = _Reconnects()
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(watch.on_connect)
                 if down_since is not None:
                     yield Gap(channel, dt.datetime.now(dt.UTC).isoformat(), time.monotonic() - down_since)
                     down_since = None
                 backoff = 0.05
+                last_ok = time.monotonic()
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
+                    if watch.count:
+                        watch.count = 0
+                        yield Gap(channel, dt.datetime.now(dt.UTC).isoformat(), time.monotonic() - last_ok)
+                    last_ok = time.monotonic()
                     if msg is None:
                         continue
                     parsed = self._parse(channel, msg.get("data"))
@@ -356,6 +385,7 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
     finally:
         try:
             await client.aclose()
+            await client.connection_pool.disconnect()  # a pool we passed in is ours to close
         except (RedisError, OSError):
             pass
 

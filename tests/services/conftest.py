@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.services.servers import PgServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = PgServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg(pg_server: PgServer) -> PgServer:
+    if pg_server.proc is None or pg_server.proc.poll() is not None:
+        pg_server.start()
+    return pg_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def rds(redis_server: RedisServer) -> RedisServer:
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    return redis_server

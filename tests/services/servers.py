@@ -1,0 +1,133 @@
+"""Private PostgreSQL and Redis servers on free loopback ports, started and stopped (or killed) by the tests."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class PgServer:
+    """``initdb`` into a temp dir (as the postgres user when we are root), then ``postgres`` in the foreground."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mcp-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = "postgres"
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.dir, 0o755)
+        subprocess.run(
+            [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, user=self.user,
+        )  # fmt: skip
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "database": "postgres", "env": "test",
+                "sslmode": "disable"}  # fmt: skip
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.dir),
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=100"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self.user, start_new_session=True,
+        )  # fmt: skip
+        _wait(self._accepting, 30, "postgres to accept connections")
+
+    def _accepting(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {self.proc.returncode}")
+        return (
+            subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"], check=False
+            ).returncode
+            == 0
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (postmaster and backends), as a crash would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        _wait(lambda: not port_open(self.port), 10, "postgres port to close")
+        pid_file = self.data / "postmaster.pid"
+        pid_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mcp-redis-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {"host": "127.0.0.1", "port": self.port, "env": "test"}
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        _wait(lambda: port_open(self.port), 10, "redis to listen")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        _wait(lambda: not port_open(self.port), 10, "redis port to close")
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
