@@ -167,7 +167,7 @@ async def test_pool_exhaustion_is_a_fast_counted_error(pg: PgServer) -> None:
         db = await handle(tree)
         async with db.acquire():
             t0 = time.monotonic()
-            with pytest.raises(PoolExhausted, match="no database connection free within 0.2s"):
+            with pytest.raises(PoolExhausted, match=r"no database connection free within 0\.2s"):
                 await db.fetchval("SELECT 1")
             assert time.monotonic() - t0 < 2
         assert db.stats()["acquire_timeouts"] == 1
