@@ -27,6 +27,7 @@ from ..core import ChildContext
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult, Status
 from .base import Emitter, ServiceError, ServiceUnavailable, Settings, read_secret_file, retry_connect
+from .events import ServiceOperation
 
 POOL_BY_ENV = {"prod": 20, "test": 1, "dev": 10}
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
@@ -80,7 +81,7 @@ class PgSettings:
         s = Settings(table, {
             "host", "port", "user", "password", "password_file", "database", "sslmode", "ssl_ca", "env",
             "pool_size", "min_size", "connect_timeout", "command_timeout", "acquire_timeout", "statement_cache_size",
-            "pgbouncer", "connect_attempts", "check_interval", "check_failures", "close_timeout",
+            "pgbouncer", "connect_attempts", "check_interval", "check_failures", "close_timeout", "query_events",
         })  # fmt: skip
         self.env = s.text("env", "dev", ("prod", "test", "dev")) or "dev"
         self.host = s.text("host") or None
@@ -112,6 +113,7 @@ class PgSettings:
         self.check_interval = s.number("check_interval", 2.0, 0.05)
         self.check_failures = s.integer("check_failures", 2, 1)
         self.close_timeout = s.number("close_timeout", 2.0, 0.0)
+        self.query_events = s.text("query_events", "handle", ("handle", "all")) or "handle"
 
     def ssl(self) -> Any:
         if self.sslmode in ("verify-ca", "verify-full"):
@@ -124,10 +126,27 @@ class PgSettings:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"  # never the password
 
 
+class _Checkout:
+    __slots__ = ("conn", "db")
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self.conn = await self.db._checkout()
+        return self.conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            await self.db.pool.release(self.conn)
+            self.conn = None
+
+
 class Database:
     """The concurrency-safe handle: share it between tasks; each call checks a connection out of the pool."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: PgSettings, emitter: Emitter) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: PgSettings, emitter: DbEmitter) -> None:
         self.pool = pool
         self.settings = settings
         self._emit = emitter
@@ -135,31 +154,44 @@ class Database:
         self.extensions: dict[str, str] = {}
 
     # -- connections ---------------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        t0 = time.perf_counter()
+    def acquire(self) -> _Checkout:
+        """``async with db.acquire() as conn``: a connection for several statements (released afterwards)."""
+        return _Checkout(self)
+
+    async def _checkout(self) -> asyncpg.Connection:
         try:
-            conn = await self.pool.acquire(timeout=self.settings.acquire_timeout)
+            # asyncio.timeout, not acquire(timeout=): that one wraps every checkout in a new task (wait_for)
+            async with asyncio.timeout(self.settings.acquire_timeout):
+                return await self.pool.acquire()
         except TimeoutError:
             self.acquire_timeouts += 1
-            self._emit.op("acquire", t0, "timeout")
+            self._emit.op("acquire", time.perf_counter() - self.settings.acquire_timeout, "timeout")
             raise PoolExhausted(
                 f"no database connection free within {self.settings.acquire_timeout:g}s "
                 f"(pool size {self.settings.pool_size})"
             ) from None
         except _CONNECTION_ERRORS as e:
             raise ServiceUnavailable(f"database {self.settings.describe()} is unreachable: {e}") from e
-        try:
-            yield conn
-        finally:
-            await self.pool.release(conn)
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...], timeout: float | None) -> Any:
-        async with self.acquire() as conn:
-            try:
-                return await getattr(conn, method)(sql, *args, timeout=timeout or self.settings.command_timeout)
-            except _CONNECTION_ERRORS as e:
-                raise ServiceUnavailable(f"database connection lost: {type(e).__name__}: {e}") from e
+        t0 = time.perf_counter()
+        conn = await self._checkout()
+        try:
+            result = await getattr(conn, method)(sql, *args, timeout=timeout or self.settings.command_timeout)
+        except _CONNECTION_ERRORS as e:
+            self._emit.query(sql, t0, "error")
+            raise ServiceUnavailable(f"database connection lost: {type(e).__name__}: {e}") from e
+        except TimeoutError:
+            self._emit.query(sql, t0, "timeout")
+            raise
+        except Exception:
+            self._emit.query(sql, t0, "error")
+            raise
+        finally:
+            await self.pool.release(conn)
+        if self._emit.bus._subs:
+            self._emit.query(sql, t0, "ok")
+        return result
 
     async def fetch(self, sql: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
         result: list[asyncpg.Record] = await self._run("fetch", sql, args, timeout)
@@ -290,11 +322,9 @@ def _operation(sql: str) -> str:
 
 
 async def open_pool(settings: PgSettings, emitter: DbEmitter) -> asyncpg.Pool:
-    def log_query(q: Any) -> None:
-        emitter.emit_query(q)
-
     async def init(conn: asyncpg.Connection) -> None:
-        conn.add_query_logger(log_query)
+        if settings.query_events == "all":  # halves throughput: asyncpg builds a record per query
+            conn.add_query_logger(emitter.logged)
         await _register_codecs(conn)
 
     async def connect() -> asyncpg.Pool:
@@ -322,11 +352,17 @@ async def _register_codecs(conn: asyncpg.Connection) -> None:
 
 
 class DbEmitter(Emitter):
-    def emit_query(self, q: Any) -> None:
-        if not self.bus.active:
-            return
-        from .events import ServiceOperation
+    """Query events: SQL text and duration, never the arguments."""
 
+    def query(self, sql: str, started: float, outcome: Literal["ok", "error", "timeout"]) -> None:
+        if self.bus._subs:
+            self.bus.emit(ServiceOperation(path=self.path, service="db", operation=_operation(sql), outcome=outcome,
+                                           duration_s=time.perf_counter() - started, statement=sql[:1000]))  # fmt: skip
+
+    def logged(self, q: Any) -> None:
+        """asyncpg query logger (``query_events = "all"``): also the queries run on checked-out connections."""
+        if not self.bus._subs:
+            return
         outcome: Literal["ok", "error", "timeout"] = "ok"
         if q.exception is not None:
             outcome = "timeout" if isinstance(q.exception, TimeoutError) else "error"

@@ -94,6 +94,10 @@ def _decode(raw: bytes | str | None) -> Any:
     return env["v"]
 
 
+async def _reraise(e: BaseException) -> Any:
+    raise e
+
+
 def _ttl(ttl: float | None) -> int | None:
     if ttl is None:
         return None
@@ -203,9 +207,14 @@ class Cache:
     async def get(self, key: str) -> Any:
         """The stored value, or :data:`MISS` (a stored ``None`` comes back as ``None``)."""
         t0 = time.perf_counter()
-        raw = await self._call("get", self.client.get(self.key(key)), quiet=True)
+        try:
+            raw = await self.client.get(self.key(key))
+        except (RedisError, OSError) as e:
+            await self._call("get", _reraise(e))  # maps and reports the error
+            raise AssertionError("unreachable") from e
         value = _decode(raw)
-        self._emit.op("get", t0, result="miss" if value is MISS else "hit")
+        if self._emit.bus._subs:
+            self._emit.op("get", t0, result="miss" if value is MISS else "hit")
         return value
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
