@@ -1,7 +1,7 @@
 """Service workers' handles vs the raw client library, in the same run, against private servers it starts.
 
     python benchmarks/services.py           # a table
-    python benchmarks/services.py --json    # one JSON object per line: name, value, unit, baseline, baseline_value, ratio
+    python benchmarks/services.py --json    # one JSON object per line (name, value, unit, baseline, ..., ratio)
 
 Redis GET and SET, PostgreSQL ``SELECT 1`` and a small parameterised query, each at concurrency 1 and 50, as
 operations per second (ratio = worker / raw; higher is better; target >= 0.9).
@@ -99,10 +99,10 @@ async def bench_postgres(server: PgServer, seconds: float) -> None:
                                     min_size=50, max_size=50)  # fmt: skip
     await db.execute("CREATE TABLE IF NOT EXISTS bench (id int PRIMARY KEY, name text)")
     await db.execute("INSERT INTO bench SELECT g, 'name ' || g FROM generate_series(1, 1000) g ON CONFLICT DO NOTHING")
+    sql = "SELECT id, name FROM bench WHERE id = $1"
     for conc in (1, 50):
         w, r = await pair(lambda: db.fetchval("SELECT 1"), lambda: raw.fetchval("SELECT 1"), conc, seconds)
         record(f"pg_select1_c{conc}", w, "raw asyncpg pool", r)
-        sql = "SELECT id, name FROM bench WHERE id = $1"
         w, r = await pair(lambda: db.fetchrow(sql, 42), lambda: raw.fetchrow(sql, 42), conc, seconds)
         record(f"pg_param_query_c{conc}", w, "raw asyncpg pool", r)
     await raw.close()
