@@ -44,6 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     rl = actions.add_parser("reload", help="re-read the config and apply the difference")
     rl.add_argument("--wait", action="store_true", help="wait for the result (what changed, or the error)")
     actions.add_parser("health", help="run a health round now and print it")
+
+    db = sub.add_parser("db", help="database tools, connecting with a postgres worker's settings")
+    db.add_argument("--config", help=cfg_help)
+    db.add_argument("--child", help="path of the postgres worker in the config (default: the first one)")
+    db.add_argument("--dsn", help="connect with this DSN instead of the config")
+    dbs = db.add_subparsers(dest="db_action", required=True)
+    seed = dbs.add_parser("seed", help="apply a seed file (.json/.toml rows, or .sql) in one transaction")
+    seed.add_argument("file")
+    seed.add_argument("--force", action="store_true", help="allow env = prod")
+    lint = dbs.add_parser("lint", help="check the schema (splinter's portable lints + tenant schema drift)")
+    lint.add_argument("--json", action="store_true", help="findings as JSON")
+    lint.add_argument("--fail-on", default="error", type=str.lower, choices=("info", "warn", "error"),
+                      help="exit 1 when a finding is at this level or above (default: error)")  # fmt: skip
     return p
 
 
@@ -55,7 +68,62 @@ def main(argv: list[str] | None = None) -> int:
         return run_daemon(args.config)
     if args.command == "check-config":
         return check_config(args.path or args.config)
+    if args.command == "db":
+        return asyncio.run(db_command(args))
     return asyncio.run(ctl(args))
+
+
+async def db_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .services import pgtools
+    from .services.postgres import PgSettings
+
+    try:
+        if args.dsn:
+            settings = PgSettings({})  # connection details come from the DSN
+        else:
+            cfg = load_config(args.config)
+            entries = [e for e in cfg.entries.values() if e.worker == "postgres"]
+            if args.child:
+                entries = [e for e in entries if e.path == args.child.strip("/")]
+            if not entries:
+                what = f"no postgres worker at {args.child!r}" if args.child else "no postgres worker"
+                print(f"{cfg.file}: {what}; use --child PATH or --dsn", file=sys.stderr)
+                return EXIT_USAGE
+            settings = PgSettings(entries[0].settings)
+    except (ConfigError, ValueError) as e:
+        print(f"invalid config: {e}", file=sys.stderr)
+        return 78
+    if args.db_action == "seed" and (settings.env == "prod" or os.environ.get("ENV") == "prod") and not args.force:
+        print("refusing to seed a production database (env = prod); add --force if you mean it", file=sys.stderr)
+        return 1
+    try:
+        conn = await pgtools.connect(settings, args.dsn)
+    except (OSError, TimeoutError) as e:
+        print(f"cannot connect to {settings.describe()}: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except Exception as e:  # noqa: BLE001 - asyncpg's connection errors have no common base
+        print(f"cannot connect to {settings.describe()}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        if args.db_action == "seed":
+            try:
+                counts = await pgtools.seed(conn, Path(args.file))
+            except (pgtools.SeedError, OSError) as e:
+                print(f"seed failed, nothing was written: {e}", file=sys.stderr)
+                return 1
+            except Exception as e:  # noqa: BLE001 - a database error rolls the whole seed back
+                print(f"seed failed, nothing was written: {type(e).__name__}: {e}", file=sys.stderr)
+                return 1
+            for table, n in counts.items():
+                print(f"{table}: {n} rows inserted")
+            return 0
+        text, code = await pgtools.lint(conn, args.json, args.fail_on)
+        print(text)
+        return code
+    finally:
+        await conn.close()
 
 
 def check_config(path: str | None) -> int:

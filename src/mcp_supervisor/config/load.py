@@ -72,6 +72,8 @@ class ChildEntry:
     kind: str
     fingerprint: str
     flags: SupervisorFlags | None = None
+    worker: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # a worker's expanded config table
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,7 +338,9 @@ def _child(  # noqa: PLR0917
                 raise ctx.error(f"{key}.config", str(e)) from None
             extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
             spec: ChildSpec = WorkerSpec(run=run, **common, **extra)
-            entries[path] = ChildEntry(path=path, kind="worker", fingerprint=_fingerprint(table, set()))
+            entries[path] = ChildEntry(
+                path=path, kind="worker", fingerprint=_fingerprint(table, set()), worker=name, settings=settings
+            )
         elif kind == "command":
             env = table.get("env", {})
             if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
