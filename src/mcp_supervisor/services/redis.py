@@ -218,7 +218,15 @@ class Cache:
         return value
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        await self._call("set", self.client.set(self.key(key), _encode(value), ex=_ttl(ttl)))
+        payload, ex, k = _encode(value), _ttl(ttl), self.key(key)
+        t0 = time.perf_counter()
+        try:
+            await self.client.set(k, payload, ex=ex)
+        except (RedisError, OSError) as e:
+            await self._call("set", _reraise(e))  # maps and reports the error
+            raise AssertionError("unreachable") from e
+        if self._emit.bus._subs:
+            self._emit.op("set", t0)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
