@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services.servers import PgServer, RedisServer
+from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +35,33 @@ def rds(redis_server: RedisServer) -> RedisServer:
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server: MotoServer) -> MotoServer:
+    if moto_server.server is None:
+        moto_server.start()
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def bao_server() -> Iterator[BaoServer]:
+    server = BaoServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def bao(bao_server: BaoServer) -> BaoServer:
+    if bao_server.proc is None or bao_server.proc.poll() is not None:
+        bao_server.start()
+    return bao_server

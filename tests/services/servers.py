@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -131,3 +132,82 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MotoServer:
+    """A real HTTP S3 endpoint (``moto_server``, its own process) on a free port; a restart loses its data."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server: subprocess.Popen[bytes] | None = None
+        self.bin = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {"endpoint": self.endpoint, "access_key": "testing", "secret_key": "testing-secret",
+                "bucket": "mcp-test", "create_bucket": True, "region": "us-east-1", "env": "test"}  # fmt: skip
+
+    def start(self) -> None:
+        self.server = subprocess.Popen(
+            [self.bin, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        _wait(lambda: port_open(self.port), 30, "moto to listen")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait()
+            self.server = None
+        _wait(lambda: not port_open(self.port), 10, "moto port to close")
+
+
+class BaoServer:
+    """OpenBao (``bao server -dev``): the Vault HTTP API, in memory, with a known root token."""
+
+    TOKEN = "root-token-for-tests"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bin = shutil.which("bao") or str(Path(sys.executable).parent / "bao")
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.bin, "server", "-dev", f"-dev-root-token-id={self.TOKEN}",
+             f"-dev-listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "HOME": tempfile.gettempdir()},
+        )  # fmt: skip
+        _wait(self._healthy, 30, "OpenBao to be unsealed")
+
+    def _healthy(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"bao exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        _wait(lambda: not port_open(self.port), 10, "bao port to close")
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)

@@ -39,6 +39,8 @@ def builtin_workers() -> dict[str, str]:
     return {
         "postgres": "mcp_supervisor.services.postgres:factory",
         "redis": "mcp_supervisor.services.redis:factory",
+        "s3": "mcp_supervisor.services.s3:factory",
+        "vault": "mcp_supervisor.services.vault:factory",
         "health": "mcp_supervisor.health.monitor:factory",
         "telemetry": "mcp_supervisor.telemetry.sink:factory",
     }
