@@ -3,8 +3,9 @@
     python benchmarks/services.py           # a table
     python benchmarks/services.py --json    # one JSON object per line (name, value, unit, baseline, ..., ratio)
 
-Redis GET and SET, PostgreSQL ``SELECT 1`` and a small parameterised query, each at concurrency 1 and 50, as
-operations per second (ratio = worker / raw; higher is better; target >= 0.9).
+Redis GET and SET, PostgreSQL ``SELECT 1`` and a small parameterised query, and Vault KV reads, each at
+concurrency 1 and 50, as operations per second; S3 upload and download of a 64 MiB object in MB/s. Ratio =
+worker / raw (higher is better; target >= 0.9).
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import asyncpg
 import redis.asyncio as aioredis
-from tests.services.servers import PgServer, RedisServer
+from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
-from mcp_supervisor.services import postgres, redis
+from mcp_supervisor.services import postgres, redis, s3, vault
 
 RESULTS: list[dict[str, Any]] = []
 
 
-def record(name: str, value: float, baseline: str, baseline_value: float) -> None:
-    RESULTS.append({"name": name, "value": round(value, 1), "unit": "ops/s", "baseline": baseline,
+def record(name: str, value: float, baseline: str, baseline_value: float, unit: str = "ops/s") -> None:
+    RESULTS.append({"name": name, "value": round(value, 1), "unit": unit, "baseline": baseline,
                     "baseline_value": round(baseline_value, 1), "ratio": round(value / baseline_value, 3)})  # fmt: skip
 
 
@@ -109,17 +110,107 @@ async def bench_postgres(server: PgServer, seconds: float) -> None:
     await tree.stop()
 
 
+async def bench_s3(server: MotoServer, size: int = 64 * 2**20, rounds: int = 5) -> None:
+    import tempfile
+
+    from aiobotocore.session import get_session
+
+    settings = {**server.settings, "part_size": 8 * 2**20, "max_concurrency": 4}
+    tree = Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="storage", run=s3.factory(settings))]))
+    await tree.start()
+    st = await tree.handle("storage")
+    data = os.urandom(size)
+    parsed = s3.S3Settings(settings)
+    async with get_session().create_client(
+        "s3", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret", config=parsed.client_config(),
+    ) as raw:  # fmt: skip
+
+        async def raw_upload() -> None:
+            up = await raw.create_multipart_upload(Bucket=parsed.bucket, Key="raw.bin")
+            part = 8 * 2**20
+            sem = asyncio.Semaphore(4)
+
+            async def one(n: int, body: bytes) -> dict[str, Any]:
+                async with sem:
+                    r = await raw.upload_part(Bucket=parsed.bucket, Key="raw.bin", UploadId=up["UploadId"],
+                                              PartNumber=n, Body=body)  # fmt: skip
+                    return {"PartNumber": n, "ETag": r["ETag"]}
+
+            parts = await asyncio.gather(*(one(i + 1, data[o : o + part])
+                                           for i, o in enumerate(range(0, size, part))))  # fmt: skip
+            await raw.complete_multipart_upload(Bucket=parsed.bucket, Key="raw.bin", UploadId=up["UploadId"],
+                                                MultipartUpload={"Parts": list(parts)})  # fmt: skip
+
+        async def raw_download(path: str) -> None:
+            # the same durable work as the worker's download: write, fsync (the worker also renames atomically)
+            r = await raw.get_object(Bucket=parsed.bucket, Key="raw.bin")
+            with open(path, "wb") as f:
+                async with r["Body"] as body:
+                    while chunk := await body.read(1 << 20):
+                        f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+
+        mb = size / 2**20
+        up_w, up_r, down_w, down_r = [], [], [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                await st.upload("worker.bin", data)
+                up_w.append(mb / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                await raw_upload()
+                up_r.append(mb / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                await st.download("worker.bin", f"{tmp}/w.bin")
+                down_w.append(mb / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                await raw_download(f"{tmp}/r.bin")
+                down_r.append(mb / (time.perf_counter() - t0))
+        record("s3_upload_64MiB", max(up_w), "raw aiobotocore multipart", max(up_r), "MB/s")
+        record("s3_download_64MiB", max(down_w), "raw aiobotocore get_object", max(down_r), "MB/s")
+    await tree.stop()
+
+
+async def bench_vault(server: BaoServer, seconds: float) -> None:
+    import aiohttp
+
+    tree = Tree(SupervisorSpec(id="root", children=[
+        WorkerSpec(id="vault", run=vault.factory({"addr": server.addr, "token": server.TOKEN}))]))  # fmt: skip
+    await tree.start()
+    v = await tree.handle("vault")
+    await v.kv_write("bench/secret", {"k": "v" * 64})
+    async with aiohttp.ClientSession() as session:
+        url = f"{server.addr}/v1/secret/data/bench/secret"
+        headers = {"X-Vault-Token": server.TOKEN}
+
+        async def raw_read() -> Any:
+            async with session.get(url, headers=headers) as r:
+                return (await r.json())["data"]["data"]
+
+        for conc in (1, 50):
+            w, r = await pair(lambda: v.kv_read("bench/secret"), raw_read, conc, seconds)
+            record(f"vault_kv_read_c{conc}", w, "raw aiohttp GET", r)
+    await tree.stop()
+
+
 async def main_async(seconds: float) -> None:
-    rs = RedisServer()
-    pg = PgServer()
+    rs, pg, moto, bao = RedisServer(), PgServer(), MotoServer(), BaoServer()
     try:
         rs.start()
         pg.start()
+        moto.start()
+        bao.start()
         await bench_redis(rs, seconds)
         await bench_postgres(pg, seconds)
+        await bench_s3(moto)
+        await bench_vault(bao, seconds)
     finally:
         rs.cleanup()
         pg.cleanup()
+        moto.stop()
+        bao.cleanup()
 
 
 def main() -> None:
