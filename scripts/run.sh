@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-config="${MCP_SUPERVISOR_CONFIG:-config/demo.toml}"
+export PATH="$PWD/.venv/bin:$PATH"   # moto_server and bao for the local stack
+config="${MCP_SUPERVISOR_CONFIG:-config/local.toml}"
 admin="${MCP_ADMIN:-127.0.0.1:7080}"
 echo "mcp-supervisor: config $config; admin http://$admin/status" >&2
 echo "  in another terminal: .venv/bin/mcp-supervisor ctl --admin $admin status" >&2

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -285,6 +286,8 @@ def _load_factory(ctx: _Ctx, name: str, key: str) -> WorkerFactory:
         known = ", ".join(sorted(builtin_workers()))
         hint = f'use a built-in ({known}) or "package.module:factory"'
         raise ctx.error(f"{key}.worker", f"unknown worker {name!r}: {hint}")
+    if os.getcwd() not in sys.path:  # like `python -m`: modules next to where the daemon runs (examples/, ...)
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(mod_name)
     except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module

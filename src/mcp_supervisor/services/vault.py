@@ -265,6 +265,14 @@ class Vault:
         self._known_keys.add(key)
         return name
 
+    async def ensure_transit_mount(self) -> None:
+        """Enable the transit engine if absent (with ``create_transit_keys``: a development convenience)."""
+        mounts = await self.request("GET", "sys/mounts", operation="transit_mount")
+        listed = (mounts or {}).get("data", mounts) or {}
+        if f"{self.settings.transit_mount}/" not in listed:
+            mount = quote(self.settings.transit_mount, safe="")
+            await self.request("POST", f"sys/mounts/{mount}", body={"type": "transit"}, operation="transit_mount")
+
     async def encrypt(self, key: str, plaintext: bytes, context: bytes | None = None) -> str:
         return (await self.encrypt_many(key, [plaintext], context))[0]
 
@@ -392,6 +400,8 @@ async def run_vault(ctx: ChildContext, settings: VaultSettings) -> None:
         if vault.token:
             try:
                 await vault.detect_kv_version()
+                if settings.create_transit_keys:
+                    await vault.ensure_transit_mount()
             except (VaultError, ServiceUnavailable):
                 pass  # detected lazily; the probe reports the state
         ctx.started(vault)
