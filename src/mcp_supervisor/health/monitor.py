@@ -121,13 +121,19 @@ class HealthMonitor:
         self.lag = LoopLag()
         self._lock = asyncio.Lock()
         self._last: dict[str, str] = {}
+        self._known: list[str] = []
 
     # -- probes -------------------------------------------------------------------------------------------
     def _targets(self) -> list[tuple[str, Callable[[], Awaitable[ProbeResult | None]]]]:
         rt = self.ctx.runtime
         names = self.settings.checks
         if names is None:
-            names = tuple(p for p, h in _running_handles(rt) if callable(getattr(h, "probe", None)))
+            # every running child with a probe, and every one seen before: one that is restarting now fails
+            # its check ("not running") instead of silently dropping out of the report
+            for p, h in _running_handles(rt):
+                if callable(getattr(h, "probe", None)) and p not in self._known:
+                    self._known.append(p)
+            names = tuple(self._known)
         return [(name, self._probe_for(name)) for name in names]
 
     def _probe_for(self, path: str) -> Callable[[], Awaitable[ProbeResult | None]]:
