@@ -117,3 +117,22 @@ def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     else:  # older systemd only ignores the newer keys, exactly these
         assert all(("notify-reload" in p or "Unknown key" in p) for p in problems), problems
     assert "KillMode=mixed" in text and "RestartPreventExitStatus=78" in text
+
+
+def test_the_docker_env_makes_the_template_valid() -> None:
+    import os
+
+    env = dict(os.environ)
+    for line in (ROOT / "config/docker.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            env[k] = v
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/mcp-supervisor"), "check-config", str(ROOT / "config/supervision.toml")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    compose = (ROOT / "docker-compose.dev.yml").read_text()
+    for service in ("postgres:", "redis:", "minio:", "vault:"):
+        assert service in compose
+    assert compose.count("healthcheck:") == 4
