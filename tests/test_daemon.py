@@ -188,6 +188,7 @@ def test_admin_auth_and_malformed_requests_get_4xx(daemons: list[Daemon], tmp_pa
     assert d.request("POST", "/reload", body=b"x" * 100_000)[0] == 413
     code, body, _ = d.request("POST", "/children/a/stop")
     assert code == 200 and body["child"]["state"] == "stopped"
+    d.wait_notify("STATUS=running: 0/1 children running")  # STATUS= follows the tree's changes
     assert d.request("POST", "/children/a/stop")[0] == 200
     code, body, _ = d.request("POST", "/children/a/start")
     assert code == 200 and body["child"]["state"] == "running"

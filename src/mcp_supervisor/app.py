@@ -110,6 +110,7 @@ class Daemon:
             await tree.stop()
             return EXIT_GAVE_UP
         self._spawn(self._watchdog())
+        self._spawn(self._status_updates(tree.bus.subscribe(maxlen=1000)))
         self.notifier.ready(self._summary("running"))
         self.log.info("ready", admin=cfg.daemon.admin, mutations="on" if token else "off")
 
@@ -162,6 +163,24 @@ class Daemon:
             return prefix
         nodes = _count(doc)
         return f"{prefix}: {nodes['running']}/{nodes['total']} children running"
+
+    async def _status_updates(self, sub: Any) -> None:
+        """STATUS= whenever a child starts or exits (at most every half second), for `systemctl status`."""
+        from .core import ChildExited, ChildStarted
+
+        last = ""
+        try:
+            async for ev in sub:
+                if isinstance(ev, ChildStarted | ChildExited):
+                    await asyncio.sleep(0.5)  # coalesce a burst (a group restart) into one update
+                    while sub.get_nowait() is not None:
+                        pass
+                    status = self._summary("running")
+                    if status != last:
+                        self.notifier.status(status)
+                        last = status
+        finally:
+            sub.close()
 
     async def _watchdog(self) -> None:
         if not self.notifier.watchdog_usec:

@@ -133,6 +133,17 @@ async def test_presigned_urls_are_sigv4_with_a_validated_expiry(s3: MotoServer) 
             await st.presign("DELETE", "a/b.txt", 60)
 
 
+async def test_objects_are_private_by_default(s3: MotoServer) -> None:
+    async with s3_tree(s3) as tree:
+        st = await handle(tree)
+        await st.upload("private/x", b"x")
+        await st.upload("private/big", stream(6 * MB))
+        for key in ("private/x", "private/big"):
+            acl = await st.client.get_object_acl(Bucket=st.bucket, Key=key)
+            assert [g["Permission"] for g in acl["Grants"]] == ["FULL_CONTROL"]  # the owner only
+            assert all(g["Grantee"].get("Type") == "CanonicalUser" for g in acl["Grants"])
+
+
 @pytest.mark.parametrize("sse", ["none", "AES256"])
 async def test_the_sse_header_is_sent_as_configured(s3: MotoServer, sse: str) -> None:
     async with s3_tree(s3, sse=sse) as tree:

@@ -225,6 +225,18 @@ async def test_a_crashing_sink_is_restarted_without_disturbing_its_siblings(log_
     assert any(line["event"] == "slow query" for line in lines(log_stream))  # the new sink works
 
 
+async def test_log_lines_carry_the_child_from_the_context(log_stream: io.StringIO) -> None:
+    async def chatty(ctx: Any) -> None:
+        logs.get_logger().info("hello from a worker")
+        ctx.started()
+        await asyncio.Event().wait()
+
+    async with Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="chatty", run=chatty)])):
+        pass
+    line = next(x for x in lines(log_stream) if x["event"] == "hello from a worker")
+    assert line["child"] == "chatty"
+
+
 def test_bad_sink_settings_name_the_setting() -> None:
     with pytest.raises(ValueError, match="queue: must be an integer >= 1"):
         sink_factory({"queue": 0})

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import TYPE_CHECKING, Any
 
 from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, Message
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+
+
+current_child: contextvars.ContextVar[str | None] = contextvars.ContextVar("mcp_current_child", default=None)
+"""The path of the child whose task is running (each child task has its own copy); logs pick it up."""
 
 
 class ChildContext:

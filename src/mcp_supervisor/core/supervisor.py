@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, NoReturn
 
 from .clock import LoopClock, wait_done
-from .context import ChildContext
+from .context import ChildContext, current_child
 from .errors import FailedToStartChild, NoSuchPath, OperationError, Shutdown, SpecError
 from .events import (
     NORMAL,
@@ -304,6 +304,7 @@ class Supervisor:
     ) -> None:
         spec = child.spec
         reason = NORMAL
+        current_child.set(child.path)  # this task's own context: its log lines carry the child's path
         try:
             if isinstance(spec, WorkerSpec):
                 await spec.run(ctx)

@@ -91,7 +91,7 @@ class S3Settings:
         s = Settings(table, {
             "endpoint", "region", "access_key", "secret_key", "secret_key_file", "bucket", "path_style", "sse",
             "kms_key_id", "multipart_threshold", "part_size", "max_concurrency", "connect_timeout", "read_timeout",
-            "retries", "create_bucket", "connect_attempts", "check_interval", "check_failures", "env",
+            "retries", "create_bucket", "connect_attempts", "check_interval", "check_failures", "env", "acl",
         })  # fmt: skip
         self.env = s.text("env", "dev", ("prod", "test", "dev")) or "dev"
         self.endpoint = s.text("endpoint") or None
@@ -109,6 +109,8 @@ class S3Settings:
             raise ValueError("access_key: required with secret_key when env = prod")
         self.path_style = s.boolean("path_style", True)
         self.sse = s.text("sse", "none", ("none", "AES256", "aws:kms")) or "none"
+        # "none" for buckets with ACLs disabled (AWS "bucket owner enforced"), which reject any other ACL
+        self.acl = s.text("acl", "private", ("private", "none")) or "private"
         self.kms_key_id = s.text("kms_key_id") or None
         if self.sse == "aws:kms" and not self.kms_key_id:
             raise ValueError('kms_key_id: required when sse = "aws:kms"')
@@ -137,9 +139,10 @@ class S3Settings:
         )
 
     def sse_args(self) -> dict[str, str]:
+        args = {"ACL": self.acl} if self.acl != "none" else {}
         if self.sse == "none":
-            return {}
-        args = {"ServerSideEncryption": self.sse}
+            return args
+        args["ServerSideEncryption"] = self.sse
         if self.sse == "aws:kms" and self.kms_key_id:
             args["SSEKMSKeyId"] = self.kms_key_id
         return args
@@ -319,8 +322,8 @@ class Storage:
         if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 1 <= expires_in <= MAX_PRESIGN:
             raise ValueError(f"expires_in: must be 1..{MAX_PRESIGN} seconds (7 days), got {expires_in!r}")
         params = {"Bucket": self.bucket, "Key": check_key(key)}
-        if op == "put_object":
-            params.update(self.settings.sse_args())
+        if op == "put_object":  # the uploader must then send the same SSE headers; an ACL header it need not
+            params.update({k: v for k, v in self.settings.sse_args().items() if k != "ACL"})
         url: str = await self.client.generate_presigned_url(op, Params=params, ExpiresIn=expires_in)
         return url
 

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
+from ..core.context import current_child
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "critical": logging.CRITICAL}  # fmt: skip
+
+
+def add_child(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The running child's path (a context variable the core sets in every child task) as ``child``."""
+    if "child" not in event:
+        path = current_child.get()
+        if path is not None:
+            event["child"] = path
+    return event
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -20,6 +32,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_child,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
