@@ -41,3 +41,34 @@ def test_nothing_outside_telemetry_imports_structlog_or_prometheus() -> None:
             if name.split(".")[0] in ("structlog", "prometheus_client"):
                 offenders.append(f"{path.relative_to(SRC)}: {name}")
     assert offenders == []
+
+
+def test_service_workers_do_not_import_each_other() -> None:
+    services = {"postgres", "redis", "s3", "vault"}
+    offenders = []
+    for name in sorted(services):
+        for imported in imports_of(SRC / "services" / f"{name}.py") | _relative_imports(
+            SRC / "services" / f"{name}.py"
+        ):
+            if imported.rsplit(".", 1)[-1] in services - {name}:
+                offenders.append(f"{name} imports {imported}")
+    assert offenders == []
+
+
+def test_health_and_telemetry_depend_on_the_core_not_on_config_or_admin() -> None:
+    for package in ("health", "core", "services"):
+        for path in sorted((SRC / package).rglob("*.py")):
+            rel = _relative_imports(path)
+            assert not any(r.split(".")[0] in ("config", "admin", "app", "cli") for r in rel), (path.name, rel)
+
+
+def _relative_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = (node.module or "").lstrip(".")
+            if node.level == 2 or path.parent.name == "mcp_supervisor":
+                found.add(base)
+            else:
+                found.add(f"{path.parent.name}.{base}" if base else path.parent.name)
+    return found

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config.load import as_number
 from ..core import ChildContext, Event, NoSuchPath, NotRunning
 from ..core.specs import WorkerFn
 from .probes import CheckOutcome, LoopLag, ProbeResult, open_fds, rss_bytes, run_check
@@ -58,7 +57,12 @@ class HealthSettings:
 
 
 def _positive(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = as_number(settings.get(key, default))
+    value = settings.get(key, default)
+    if isinstance(value, str):  # e.g. interval = "${MCP_HEALTH_INTERVAL:-30}"
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{key}: must be a number > 0, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"{key}: must be a number > 0, got {value!r}")
     return float(value)
