@@ -95,13 +95,13 @@ class Daemon:
             return EXIT_GAVE_UP
         self.state = AdminState(
             tree=tree,
+            find_health=lambda: find_health(tree),
             log=self.log,
             metrics=self._render_metrics,
             reload=self.reload,
             token=token,
             on_mutation=lambda outcome: self.metrics.admin_requests.labels(outcome.split(" ")[0]).inc(),
         )
-        self.state.health = _find_health(tree)
         self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
         try:
             await self.admin.start()
@@ -217,7 +217,6 @@ class Daemon:
                 return {"ok": False, "error": str(e), "changes": []}
             self.config = new
             self.state.token = token
-            self.state.health = _find_health(tree)
             self.metrics.reload_result(True)
             described = [{"path": p, "change": c} for p, c in changes]
             self.log.info("reloaded", changes=described)
@@ -263,17 +262,12 @@ def _count(doc: dict[str, Any]) -> dict[str, int]:
     return {"total": total, "running": running}
 
 
-def _find_health(tree: Tree) -> Any:
-    """The first running child whose ready handle serves the health monitor protocol, if any."""
-    stack = [tree.root]
-    while stack:
-        sup = stack.pop()
-        for c in sup.children:
-            h = c.handle
-            if h is not None and hasattr(h, "document") and hasattr(h, "check_now") and hasattr(h, "ready"):
-                return h
-            if hasattr(h, "children") and hasattr(h, "reconcile"):
-                stack.append(h)
+def find_health(tree: Tree) -> Any:
+    """The running health monitor's handle, looked up on every request so that it follows restarts."""
+    for child in tree.rt.walk():
+        h = child.handle
+        if child.alive and all(hasattr(h, a) for a in ("document", "check_now", "ready")):
+            return h
     return None
 
 

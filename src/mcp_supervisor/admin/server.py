@@ -46,7 +46,7 @@ class AdminState:
     reload: Callable[[], Awaitable[dict[str, Any]]]
     token: str | None = None
     draining: bool = False
-    health: Health | None = None
+    find_health: Callable[[], Health | None] = lambda: None
     started_at: float = field(default_factory=time.time)
     on_mutation: Callable[[str], None] | None = None
 
@@ -106,11 +106,13 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if state.draining:
             return _json({"status": "fail", "output": "draining"}, 503)
-        ok = _tree_ready(tree_doc()) if state.health is None else state.health.ready()
+        monitor = state.find_health()
+        ok = _tree_ready(tree_doc()) if monitor is None else monitor.ready()
         return _json({"status": "pass" if ok else "fail"}, 200 if ok else 503)
 
     async def health(_: web.Request) -> web.Response:
-        doc, code = state.health.document() if state.health is not None else tree_health(tree_doc())
+        monitor = state.find_health()
+        doc, code = monitor.document() if monitor is not None else tree_health(tree_doc())
         return _json(doc, code, HEALTH_JSON)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -187,10 +189,11 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         denied = authorize(request)
         if denied is not None:
             return denied
-        if state.health is None:
-            return _error(404, 'no health monitor is configured (add a worker = "health" child)')
+        monitor = state.find_health()
+        if monitor is None:
+            return _error(404, 'no health monitor is running (add a worker = "health" child)')
         audit(request, "health check", "ok")
-        return _json(await state.health.check_now(), 200, HEALTH_JSON)
+        return _json(await monitor.check_now(), 200, HEALTH_JSON)
 
     app["background"] = set()
     app.router.add_get("/status", status)

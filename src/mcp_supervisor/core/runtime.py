@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, LoopClock
@@ -64,6 +64,18 @@ class Runtime:
                 raise NoSuchPath(path, "running supervisor")
             sup = child.handle
         return sup
+
+    def walk(self) -> Iterator[Child]:
+        """Every child record of the tree, depth first, entering running supervisors."""
+        from .supervisor import Supervisor
+
+        stack = [self.root] if self.root is not None else []
+        while stack:
+            sup = stack.pop()
+            for child in sup.children:
+                yield child
+                if isinstance(child.handle, Supervisor) and child.alive:
+                    stack.append(child.handle)
 
     def find(self, path: str) -> Child:
         parent, _, last = path.strip("/").rpartition("/")

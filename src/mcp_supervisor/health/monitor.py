@@ -263,17 +263,11 @@ def _iso(wall: float) -> str:
 
 
 def _running_handles(rt: Any) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    stack = [rt.root] if rt.root is not None else []
-    while stack:
-        sup = stack.pop()
-        for c in sup.children:
-            if str(c.state) == "running" and c.handle is not None:
-                if hasattr(c.handle, "reconcile"):
-                    stack.append(c.handle)
-                elif not isinstance(c.handle, HealthMonitor):
-                    out.append((c.path, c.handle))
-    return sorted(out)
+    return sorted(
+        (c.path, c.handle)
+        for c in rt.walk()
+        if str(c.state) == "running" and c.handle is not None and not isinstance(c.handle, HealthMonitor)
+    )
 
 
 async def run_monitor(ctx: ChildContext, settings: HealthSettings) -> None:
