@@ -183,6 +183,7 @@ class Daemon:
             sub.close()
 
     async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, from the event loop itself: a blocked loop stops the pings."""
         if not self.notifier.watchdog_usec:
             return
         interval = self.notifier.watchdog_usec / 2e6

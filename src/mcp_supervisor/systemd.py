@@ -7,8 +7,6 @@ messages). Outside systemd every method is a no-op.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -24,7 +22,6 @@ class Notifier:
         if addr and addr.startswith("@"):
             addr = "\0" + addr[1:]
         self._addr = addr if addr and addr[0] in "/\0" else None
-        self.pings = 0
         self.sent: list[str] = []
 
     @property
@@ -54,25 +51,6 @@ class Notifier:
     def stopping(self, status: str = "stopping") -> None:
         self.send(STOPPING=1, STATUS=status)
 
-    async def watchdog(self) -> None:
-        """Ping at half of WATCHDOG_USEC from the event loop itself, so a blocked loop stops the pings."""
-        if not self.watchdog_usec or self._addr is None:
-            return
-        interval = self.watchdog_usec / 2e6
-        while True:
-            self.send(WATCHDOG=1)
-            self.pings += 1
-            await asyncio.sleep(interval)
-
 
 def _one_line(value: object) -> str:
     return str(value).replace("\n", " ")
-
-
-def listen_unix_dgram(path: str) -> socket.socket:
-    """A receiver for tests and tools: a datagram socket that collects sd_notify messages."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(path)
-    return s

@@ -128,10 +128,6 @@ class ManualClock:
     def pending(self) -> int:
         return sum(1 for _, _, t, _ in self._heap if not t.cancelled)
 
-    def next_deadline(self) -> float | None:
-        live = [d for d, _, t, _ in self._heap if not t.cancelled]
-        return min(live) if live else None
-
     def advance(self, seconds: float) -> None:
         target = self._now + seconds
         while self._heap and self._heap[0][0] <= target:

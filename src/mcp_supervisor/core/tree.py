@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +37,6 @@ class _Root:
     exit_fut: asyncio.Future[ExitReason] | None = None
     stopping: bool = False
     started_at: float = 0.0
-    children: list[Child] = field(default_factory=list)
 
 
 class Tree:

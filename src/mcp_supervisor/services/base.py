@@ -113,19 +113,6 @@ class Emitter:
                 )
             )
 
-    async def timed(self, operation: str, call: Awaitable[T], **extra: Any) -> T:
-        t0 = time.perf_counter()
-        try:
-            result = await call
-        except TimeoutError:
-            self.op(operation, t0, "timeout", **extra)
-            raise
-        except Exception:
-            self.op(operation, t0, "error", **extra)
-            raise
-        self.op(operation, t0, **extra)
-        return result
-
 
 async def retry_connect(
     connect: Callable[[], Awaitable[T]], attempts: int, initial: float, maximum: float, what: str
