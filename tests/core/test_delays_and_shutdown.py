@@ -211,3 +211,31 @@ async def test_dynamic_children_stop_all_at_once_with_one_timer() -> None:
     assert await tree.handle("job-3") == (2,)
     report = await tree.stop()
     assert report.clean and len(began) == n
+
+
+async def test_deadline_cancels_only_itself() -> None:
+    from mcp_supervisor.core.clock import Deadline, Sweeper
+
+    async def guarded(seconds: float, block: asyncio.Event) -> str:
+        dl = Deadline()
+        dl.arm(seconds)
+        try:
+            await block.wait()
+            return "done"
+        except asyncio.CancelledError:
+            if dl.expired_here():
+                return "timed out"
+            raise
+        finally:
+            dl.disarm()
+
+    assert await guarded(0.01, asyncio.Event()) == "timed out"
+    ready = asyncio.Event()
+    ready.set()
+    assert await guarded(5, ready) == "done"
+    task = asyncio.ensure_future(guarded(5, asyncio.Event()))
+    await asyncio.sleep(0)
+    task.cancel()  # an outside cancellation is never absorbed
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert Sweeper.of(asyncio.get_running_loop()).active == {}  # nothing left watched

@@ -219,3 +219,18 @@ async def test_server_killed_mid_traffic_fast_errors_restart_with_backoff_then_r
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "db" and e.restarts >= 1, timeout=30)
         back = len(results)
         await until(lambda: any(r == "ok" for _, r in results[back:]), what="recovery")
+
+
+async def test_command_timeouts_cancel_the_query_and_the_connection_stays_usable(pg: PgServer) -> None:
+    async with db_tree(pg, pool_size=1, command_timeout=0.3) as tree:
+        db = await handle(tree)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"within 0\.3s"):
+            await db.fetchval("SELECT pg_sleep(5)")
+        assert time.monotonic() - t0 < 2
+        assert await db.fetchval("SELECT 1") == 1  # the single connection was cleaned up, not left busy
+        assert await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'") == 0
+        async with db.acquire() as conn:  # handed-out connections: the server's statement_timeout
+            assert await conn.fetchval("SHOW statement_timeout") == "300ms"
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await conn.fetchval("SELECT pg_sleep(5)")

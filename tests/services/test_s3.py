@@ -187,4 +187,3 @@ async def test_server_killed_mid_operation_clear_errors_then_recovery(s3: MotoSe
         assert (await st.head("k3"))["size"] == 5
     ops = [e for e in rec.drain() if isinstance(e, ServiceOperation) and e.service == "storage"]
     assert any(e.outcome == "error" for e in ops) and any(e.bytes == 5 and e.direction == "out" for e in ops)
-

@@ -165,3 +165,99 @@ async def wait_done(clock: Clock, fut: asyncio.Future[Any], timeout: float | Non
         timer.cancel()
         fut.remove_done_callback(wake)
     return fut.done()
+
+
+SWEEP_RESOLUTION = 0.01  # sweeper-enforced timeouts fire at most this late
+
+
+class Expiring(Protocol):
+    def _expire(self, now: float) -> bool:
+        """Act on whatever is overdue at ``now``; True when nothing is left to watch."""
+        ...
+
+
+class Sweeper:
+    """One timer per event loop that serves many timeouts.
+
+    A timer per operation (``call_later`` + ``cancel``, or ``asyncio.timeout``) costs as much as a whole call
+    round trip or a pooled query; instead, things with deadlines register here, and a single timer, armed
+    only while something is registered, checks them every ``SWEEP_RESOLUTION`` seconds.
+    """
+
+    __slots__ = ("active", "armed", "loop")
+    _by_loop: dict[asyncio.AbstractEventLoop, Sweeper] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.active: dict[Expiring, None] = {}
+        self.armed = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Sweeper:
+        sweeper = cls._by_loop.get(loop)
+        if sweeper is None:
+            if len(cls._by_loop) > 8:  # forget closed loops (tests and benchmarks create many)
+                for old in [lp for lp in cls._by_loop if lp.is_closed()]:
+                    del cls._by_loop[old]
+            sweeper = cls._by_loop[loop] = cls(loop)
+        return sweeper
+
+    def watch(self, item: Expiring) -> None:
+        self.active[item] = None
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(SWEEP_RESOLUTION, self.sweep)
+
+    def unwatch(self, item: Expiring) -> None:
+        self.active.pop(item, None)
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        for item in list(self.active):
+            if item._expire(now):
+                self.active.pop(item, None)
+        if self.active:
+            self.loop.call_later(SWEEP_RESOLUTION, self.sweep)
+        else:
+            self.armed = False
+
+
+class Deadline:
+    """``asyncio.timeout`` for the current task, served by the loop's :class:`Sweeper`, re-armable.
+
+    On expiry the task is cancelled; the code that catches the ``CancelledError`` asks :meth:`expired_here`,
+    which absorbs the cancellation (``Task.uncancel``) only when this deadline caused it and nothing else is
+    cancelling the task.
+    """
+
+    __slots__ = ("_fired", "_sweeper", "_task", "when")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Deadline needs a running task")
+        self._task = task
+        self._sweeper = Sweeper.of(task.get_loop())
+        self._fired = False
+        self.when = 0.0
+
+    def arm(self, seconds: float) -> None:
+        self._fired = False
+        self.when = self._sweeper.loop.time() + seconds
+        self._sweeper.watch(self)
+
+    def _expire(self, now: float) -> bool:
+        if now < self.when:
+            return False
+        self._fired = True
+        self._task.cancel()
+        return True
+
+    def disarm(self) -> None:
+        self._sweeper.unwatch(self)
+
+    def expired_here(self) -> bool:
+        if not self._fired:
+            return False
+        self._fired = False
+        return self._task.uncancel() == 0

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from .clock import Sweeper
 from .errors import CalleeExited, CallTimeout, MailboxFull, NotRunning, OperationError
 
 DEFAULT_CALL_TIMEOUT = 5.0
@@ -47,54 +48,6 @@ class Call:
 
 
 Message: TypeAlias = Cast | Call
-
-
-TIMEOUT_RESOLUTION = 0.01  # call timeouts fire at most this late
-
-
-class _Sweeper:
-    """Enforces call timeouts for every mailbox of one loop with a single timer.
-
-    A timer per call (``call_later`` + ``cancel``) costs about as much as the rest of a call round trip; instead,
-    in-flight calls carry a deadline and one timer, armed only while calls are in flight, expires the overdue ones
-    every ``TIMEOUT_RESOLUTION`` seconds.
-    """
-
-    __slots__ = ("active", "armed", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.active: set[Mailbox] = set()
-        self.armed = False
-
-    def watch(self, mb: Mailbox) -> None:
-        self.active.add(mb)
-        if not self.armed:
-            self.armed = True
-            self.loop.call_later(TIMEOUT_RESOLUTION, self.sweep)
-
-    def sweep(self) -> None:
-        now = self.loop.time()
-        for mb in list(self.active):
-            if mb._expire(now):
-                self.active.discard(mb)
-        if self.active:
-            self.loop.call_later(TIMEOUT_RESOLUTION, self.sweep)
-        else:
-            self.armed = False
-
-
-_sweepers: dict[asyncio.AbstractEventLoop, _Sweeper] = {}
-
-
-def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
-    sw = _sweepers.get(loop)
-    if sw is None:
-        if len(_sweepers) > 8:  # forget closed loops (tests and benchmarks create many)
-            for old in [lp for lp in _sweepers if lp.is_closed()]:
-                del _sweepers[old]
-        sw = _sweepers[loop] = _Sweeper(loop)
-    return sw
 
 
 class Mailbox:
@@ -175,7 +128,7 @@ class Mailbox:
             await self._put(msg)
         if timeout is not None:
             self._pending[fut] = (loop.time() + timeout, timeout)
-            _sweeper(loop).watch(self)
+            Sweeper.of(loop).watch(self)
         else:
             self._pending[fut] = (float("inf"), 0.0)
         try:
