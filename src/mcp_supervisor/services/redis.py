@@ -94,10 +94,6 @@ def _decode(raw: bytes | str | None) -> Any:
     return env["v"]
 
 
-async def _reraise(e: BaseException) -> Any:
-    raise e
-
-
 def _ttl(ttl: float | None) -> int | None:
     if ttl is None:
         return None
@@ -189,18 +185,21 @@ class Cache:
             raise ValueError(f"cache key must be a non-empty string, got {key!r}")
         return f"{self.settings.namespace}:{key}" if self.settings.namespace else key
 
-    async def _call(self, operation: str, call: Awaitable[Any], quiet: bool = False, **extra: Any) -> Any:
+    def _failure(self, operation: str, started: float, e: RedisError | OSError) -> ServiceError:
+        """Report a failed operation and return the error to raise (never a silent miss)."""
+        if isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
+            self._emit.op(operation, started, "timeout" if isinstance(e, RedisTimeoutError) else "error")
+            return ServiceUnavailable(f"redis {self.settings.describe()} is unreachable: {type(e).__name__}")
+        self._emit.op(operation, started, "error")
+        return CacheError(f"redis {operation} failed: {e}")
+
+    async def _call(self, operation: str, call: Awaitable[Any], **extra: Any) -> Any:
         t0 = time.perf_counter()
         try:
             result = await call
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            self._emit.op(operation, t0, "timeout" if isinstance(e, RedisTimeoutError) else "error")
-            raise ServiceUnavailable(f"redis {self.settings.describe()} is unreachable: {type(e).__name__}") from e
-        except RedisError as e:
-            self._emit.op(operation, t0, "error")
-            raise CacheError(f"redis {operation} failed: {e}") from e
-        if not quiet:
-            self._emit.op(operation, t0, **extra)
+        except (RedisError, OSError) as e:
+            raise self._failure(operation, t0, e) from e
+        self._emit.op(operation, t0, **extra)
         return result
 
     # -- key/value -----------------------------------------------------------------------------------------
@@ -210,8 +209,7 @@ class Cache:
         try:
             raw = await self.client.get(self.key(key))
         except (RedisError, OSError) as e:
-            await self._call("get", _reraise(e))  # maps and reports the error
-            raise AssertionError("unreachable") from e
+            raise self._failure("get", t0, e) from e
         value = _decode(raw)
         if self._emit.bus._subs:
             self._emit.op("get", t0, result="miss" if value is MISS else "hit")
@@ -223,8 +221,7 @@ class Cache:
         try:
             await self.client.set(k, payload, ex=ex)
         except (RedisError, OSError) as e:
-            await self._call("set", _reraise(e))  # maps and reports the error
-            raise AssertionError("unreachable") from e
+            raise self._failure("set", t0, e) from e
         if self._emit.bus._subs:
             self._emit.op("set", t0)
 
