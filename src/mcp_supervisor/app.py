@@ -16,7 +16,7 @@ from typing import Any
 
 from .admin import AdminServer, AdminState
 from .config import Config, ConfigError, load_config
-from .core import FailedToStartChild, SupervisorSpec, Tree
+from .core import FailedToStartChild, State, SupervisorSpec, Tree
 from .systemd import Notifier
 from .telemetry.events import log_events
 from .telemetry.logs import configure, get_logger
@@ -158,11 +158,11 @@ class Daemon:
         return self.metrics.render()
 
     def _summary(self, prefix: str) -> str:
-        doc = self.tree.status() if self.tree is not None else None
-        if doc is None:
+        if self.tree is None:
             return prefix
-        nodes = _count(doc)
-        return f"{prefix}: {nodes['running']}/{nodes['total']} children running"
+        states = [child.state for child in self.tree.rt.walk()]
+        running = sum(1 for st in states if st is State.RUNNING)
+        return f"{prefix}: {running}/{len(states)} children running"
 
     async def _status_updates(self, sub: Any) -> None:
         """STATUS= whenever a child starts or exits (at most every half second), for `systemctl status`."""
@@ -250,17 +250,6 @@ async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[s
     await walk("", new.tree)
     tree.spec = new.tree
     return changes
-
-
-def _count(doc: dict[str, Any]) -> dict[str, int]:
-    total = running = 0
-    stack = list(doc["children"])
-    while stack:
-        node = stack.pop()
-        total += 1
-        running += node["state"] == "running"
-        stack.extend(node.get("children", ()))
-    return {"total": total, "running": running}
 
 
 def find_health(tree: Tree) -> Any:
