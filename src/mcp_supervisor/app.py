@@ -11,12 +11,12 @@ import contextlib
 import faulthandler
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from .admin import AdminServer, AdminState
 from .config import Config, ConfigError, load_config
 from .core import FailedToStartChild, State, SupervisorSpec, Tree
+from .settings import read_small_file
 from .systemd import Notifier
 from .telemetry.events import log_events
 from .telemetry.logs import configure, get_logger
@@ -31,9 +31,10 @@ def read_token(path: str | None) -> str | None:
     if path is None:
         return None
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(path, "daemon.admin_token_file", f"cannot read the token file: {e.strerror or e}") from None
+        token = read_small_file(path).strip()
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(path, "daemon.admin_token_file", f"cannot read the token file: {reason}") from None
     if len(token) < 16:
         raise ConfigError(path, "daemon.admin_token_file", "the token must be at least 16 characters")
     return token
@@ -59,8 +60,15 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     def load(self) -> tuple[Config, str | None]:
-        cfg = load_config(self.config_path)
-        return cfg, read_token(cfg.daemon.admin_token_file)
+        """The guard of every entrance (run, SIGHUP, POST /reload): any failure is a ConfigError, never a crash."""
+        try:
+            cfg = load_config(self.config_path)
+            return cfg, read_token(cfg.daemon.admin_token_file)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unforeseen: still a config error, the running tree untouched
+            where = self.config.file if self.config is not None else (self.config_path or "config")
+            raise ConfigError(where, "", f"cannot be loaded ({type(e).__name__}: {e})") from None
 
     async def run(self) -> int:
         try:

@@ -15,6 +15,7 @@ from .config.load import DEFAULT_ADMIN
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +95,7 @@ async def db_command(args: argparse.Namespace) -> int:
             settings = PgSettings(entries[0].settings)
     except (ConfigError, ValueError) as e:
         print(f"invalid config: {e}", file=sys.stderr)
-        return 78
+        return EXIT_CONFIG
     if args.db_action == "seed" and (settings.env == "prod" or os.environ.get("ENV") == "prod") and not args.force:
         print("refusing to seed a production database (env = prod); add --force if you mean it", file=sys.stderr)
         return 1
@@ -131,7 +132,13 @@ def check_config(path: str | None) -> int:
         cfg = load_config(path)
     except ConfigError as e:
         print(f"invalid config: {e}", file=sys.stderr)
-        return 78
+        return EXIT_CONFIG
+    except Exception as e:  # noqa: BLE001 - the guard: never a traceback, always exit 78 with the reason
+        print(
+            f"invalid config: {path or DEFAULT_CONFIG_PATH}: cannot be loaded ({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     nodes = len(cfg.entries) - 1
     print(f"{cfg.file}: valid ({nodes} children; admin {cfg.daemon.admin})")
     for w in _warnings(cfg.tree):
@@ -204,7 +211,7 @@ async def ctl(args: argparse.Namespace) -> int:
     if status >= 400:
         msg = body.get("error", body) if isinstance(body, dict) else body
         print(f"error {status}: {msg}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG if args.action == "reload" and status == 422 else 1
     if args.action == "status" and not args.json:
         print(render_tree(body))
     elif args.action == "reload" and isinstance(body, dict) and "changes" in body:

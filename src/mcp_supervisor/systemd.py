@@ -3,6 +3,11 @@
 Construct :class:`Notifier` before spawning anything: it removes ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and
 ``WATCHDOG_PID`` from the environment so children never inherit them (systemd would drop or misread their
 messages). Outside systemd every method is a no-op.
+
+Datagrams are sent without blocking: the receiver's queue is short (``net.unix.max_dgram_qlen``, 10 by default),
+and a blocking ``sendto`` to a receiver that is slow to drain would freeze the event loop — timers, the admin
+port, shutdown, everything. A datagram that cannot be queued is dropped and counted (``dropped``); the next
+``STATUS=`` or ``WATCHDOG=1`` carries on.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+
+MAX_VALUE = 2000  # characters of one field: STATUS= is a short line for `systemctl status`
 
 
 class Notifier:
@@ -22,7 +29,8 @@ class Notifier:
         if addr and addr.startswith("@"):
             addr = "\0" + addr[1:]
         self._addr = addr if addr and addr[0] in "/\0" else None
-        self.sent: list[str] = []
+        self._sock: socket.socket | None = None
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -33,11 +41,18 @@ class Notifier:
             return
         msg = "\n".join(f"{k}={_one_line(v)}" for k, v in fields.items())
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.sendto(msg.encode(), self._addr)
-            self.sent.append(msg)
-        except OSError:
-            pass  # sd_notify(3): the return value is best ignored
+            if self._sock is None:
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
+            self._sock.sendto(msg.encode(), self._addr)
+        except OSError:  # full queue (EAGAIN), receiver gone, ...: sd_notify(3) says the result is best ignored
+            self.dropped += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def ready(self, status: str) -> None:
         self.send(READY=1, STATUS=status)
@@ -53,4 +68,5 @@ class Notifier:
 
 
 def _one_line(value: object) -> str:
-    return str(value).replace("\n", " ")
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."

@@ -156,5 +156,5 @@ def test_bad_settings_are_rejected_with_the_setting_named() -> None:
         factory({"interval": 0})
     with pytest.raises(ValueError, match="intervall: unknown setting"):
         factory({"intervall": 5})
-    with pytest.raises(ValueError, match="critical: must be a list"):
+    with pytest.raises(ValueError, match="critical: must be an array of strings, got a string"):
         factory({"critical": "db"})

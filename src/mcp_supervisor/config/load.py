@@ -25,7 +25,8 @@ from ..core import (
     WorkerSpec,
 )
 from ..core.specs import WorkerFn
-from .locate import locate
+from ..settings import SettingError, kind_of, read_small_file, show
+from .locate import locate, too_deep
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
 DEFAULT_ADMIN = "127.0.0.1:7080"
@@ -54,8 +55,16 @@ class ConfigError(Exception):
         self.file = file
         self.key = key
         self.line = line
+        message = _one_line(message)
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def _one_line(text: str) -> str:
+    """A message is one log line: control characters (a factory's own text may hold some) are escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,10 +96,11 @@ class Config:
     entries: Mapping[str, ChildEntry] = field(default_factory=dict)
 
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_WHOLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?\d+\.\d+")
+MAX_NESTING = 64  # brackets and braces in the file, and supervisors in the tree
+MAX_FILE = 4 * 2**20  # bytes
 
 
 class _Expanded(str):
@@ -129,25 +139,53 @@ class _Ctx:
 
     def expand(self, value: Any, key: str) -> Any:
         if isinstance(value, str):
-
-            def sub(m: re.Match[str]) -> str:
-                if m.group(0) == "$$":
-                    return "$"
-                name, default = m.group(1), m.group(2)
-                got = self.env.get(name)
-                if got is None or (got == "" and default is not None):
-                    if default is None:
-                        raise self.error(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
-                    return default
-                return got
-
-            expanded = _VAR.sub(sub, value)
-            return _Expanded(expanded) if _WHOLE.fullmatch(value) else expanded
+            return self.expand_text(value, key)
         if isinstance(value, list):
             return [self.expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, dict):
             return {k: self.expand(v, f"{key}.{k}" if key else k) for k, v in value.items()}
         return value
+
+    def expand_text(self, text: str, key: str) -> str:
+        """``${VAR}``, ``${VAR:-default}`` (also for an empty value) and ``$$``; anything else is an error."""
+        if "$" not in text:
+            return text
+        out: list[str] = []
+        i, n = 0, len(text)
+        whole = False
+        while i < n:
+            j = text.find("$", i)
+            if j < 0:
+                out.append(text[i:])
+                break
+            out.append(text[i:j])
+            nxt = text[j + 1 : j + 2]
+            if nxt == "$":
+                out.append("$")
+                i = j + 2
+                continue
+            if nxt != "{":
+                out.append("$")  # a lone "$" is itself
+                i = j + 1
+                continue
+            end = text.find("}", j + 2)
+            if end < 0:
+                raise self.error(key, 'unterminated "${" (write "$$" for a literal "$")')
+            body = text[j + 2 : end]
+            name, sep, default = body.partition(":-")
+            if not _VAR_NAME.fullmatch(name):
+                shown = body if len(body) <= 40 else body[:37] + "..."
+                raise self.error(key, f'"${{{shown}}}" is not a variable reference (names are [A-Za-z_][A-Za-z0-9_]*)')
+            got = self.env.get(name)
+            if got is None or (got == "" and sep):
+                if not sep:
+                    raise self.error(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+                got = default
+            out.append(got)
+            whole = j == 0 and end == n - 1
+            i = end + 1
+        result = "".join(out)
+        return _Expanded(result) if whole else result
 
 
 def _check_keys(ctx: _Ctx, table: Mapping[str, Any], allowed: set[str], key: str) -> None:
@@ -162,9 +200,13 @@ def _typed(ctx: _Ctx, table: Mapping[str, Any], name: str, types: type | tuple[t
         return None
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
     if not ok:
-        want = " or ".join(t.__name__ for t in _as_tuple(types))
-        raise ctx.error(f"{key}.{name}", f"must be {want}, got {value!r}")
+        want = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in _as_tuple(types))
+        raise ctx.error(f"{key}.{name}", f"must be {want}, got {show(name, value)}")
     return value
+
+
+_TYPE_WORDS = {str: "a string", bool: "true or false", int: "an integer", float: "a number", list: "an array",
+               dict: "a table"}  # fmt: skip
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -182,10 +224,10 @@ def _daemon(ctx: _Ctx, table: Any) -> DaemonConfig:
     _check_admin(ctx, admin, allow_remote)
     log_format = _typed(ctx, table, "log_format", str, "daemon") or "auto"
     if log_format not in ("auto", "json", "console"):
-        raise ctx.error("daemon.log_format", f'must be "auto", "json" or "console", got {log_format!r}')
+        raise ctx.error("daemon.log_format", f'must be "auto", "json" or "console", got {show("", log_format)}')
     log_level = (_typed(ctx, table, "log_level", str, "daemon") or "info").lower()
     if log_level not in _LOG_LEVELS:
-        raise ctx.error("daemon.log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+        raise ctx.error("daemon.log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {show('', log_level)}")
     token_file = _typed(ctx, table, "admin_token_file", str, "daemon") or None
     return DaemonConfig(
         admin=admin,
@@ -200,17 +242,19 @@ def split_host_port(value: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` → (host, port); ValueError says what is wrong."""
     host, sep, port_s = value.rpartition(":")
     if not sep or not host:
-        raise ValueError(f'must be "host:port" or "unix:/path", got {value!r}')
+        raise ValueError(f'must be "host:port" or "unix:/path", got {show("address", value)}')
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError(f"port must be 1..65535, got {port_s!r}")
+    if not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5 or not 0 < int(port_s) < 65536:
+        raise ValueError(f"port must be 1..65535, got {show('port', port_s)}")
     return host, int(port_s)
 
 
 def _check_admin(ctx: _Ctx, admin: str, allow_remote: bool) -> None:
     if admin.startswith("unix:"):
         if not admin[5:].startswith("/"):
-            raise ctx.error("daemon.admin", f"a unix socket needs an absolute path, got {admin!r}")
+            raise ctx.error("daemon.admin", f"a unix socket needs an absolute path, got {show('admin', admin)}")
+        if len(admin[5:].encode()) > 107 or "\x00" in admin:
+            raise ctx.error("daemon.admin", "a unix socket path must be at most 107 bytes, without NUL")
         return
     try:
         host, _ = split_host_port(admin)
@@ -237,19 +281,19 @@ def _flags(ctx: _Ctx, table: Mapping[str, Any], key: str) -> SupervisorFlags:
     try:
         return SupervisorFlags(**kwargs)
     except SpecError as e:
-        raise ctx.error(f"{key}.{e.field}" if key else e.field, str(e).split(": ", 1)[1]) from None
+        raise ctx.error(f"{key}.{e.field}" if key else e.field, e.reason) from None
 
 
 def _backoff(ctx: _Ctx, value: Any, key: str) -> Backoff | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ctx.error(f"{key}.backoff", f"must be a table like {{ initial = 0.5, max = 30 }}, got {value!r}")
+        raise ctx.error(f"{key}.backoff", f"must be a table like {{ initial = 0.5, max = 30 }}, got {kind_of(value)}")
     _check_keys(ctx, value, {"initial", "max", "multiplier", "jitter", "reset_after"}, f"{key}.backoff")
     try:
         return Backoff(**_numbers(value, ("initial", "max", "multiplier", "jitter", "reset_after")))
     except SpecError as e:
-        raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
+        raise ctx.error(f"{key}.{e.field}", e.reason) from None
 
 
 def _ready(ctx: _Ctx, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
@@ -257,7 +301,7 @@ def _ready(ctx: _Ctx, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
         return None
     k = f"{key}.ready"
     if not isinstance(value, dict):
-        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {value!r}')
+        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {kind_of(value)}')
     _check_keys(ctx, value, {"tcp", "command", "timeout", "interval"}, k)
     value = _numbers(value, ("timeout", "interval"))
     if ("tcp" in value) == ("command" in value):
@@ -267,7 +311,7 @@ def _ready(ctx: _Ctx, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
             if "interval" in value:
                 raise ctx.error(f"{k}.interval", "applies only to command readiness")
             if not isinstance(value["tcp"], str):
-                raise ctx.error(f"{k}.tcp", f'must be "host:port", got {value["tcp"]!r}')
+                raise ctx.error(f"{k}.tcp", f'must be "host:port", got {kind_of(value["tcp"])}')
             try:
                 host, port = split_host_port(value["tcp"])
             except ValueError as e:
@@ -276,7 +320,7 @@ def _ready(ctx: _Ctx, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
         extra = {n: value[n] for n in ("timeout", "interval") if n in value}
         return ReadyCommand(command=value["command"], **extra)
     except SpecError as e:
-        raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
+        raise ctx.error(f"{key}.{e.field}", e.reason) from None
 
 
 def _load_factory(ctx: _Ctx, name: str, key: str) -> WorkerFactory:
@@ -285,7 +329,7 @@ def _load_factory(ctx: _Ctx, name: str, key: str) -> WorkerFactory:
     if not sep or not mod_name or not attr:
         known = ", ".join(sorted(builtin_workers()))
         hint = f'use a built-in ({known}) or "package.module:factory"'
-        raise ctx.error(f"{key}.worker", f"unknown worker {name!r}: {hint}")
+        raise ctx.error(f"{key}.worker", f"unknown worker {show('', name)}: {hint}")
     if os.getcwd() not in sys.path:  # like `python -m`: modules next to where the daemon runs (examples/, ...)
         sys.path.insert(0, os.getcwd())
     try:
@@ -298,18 +342,22 @@ def _load_factory(ctx: _Ctx, name: str, key: str) -> WorkerFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def _fingerprint(table: Mapping[str, Any], drop: set[str]) -> str:
-    return json.dumps({k: v for k, v in table.items() if k not in drop}, sort_keys=True, default=str)
-
-
 def _child(  # noqa: PLR0917
-    ctx: _Ctx, table: Any, key: str, parent: str, entries: dict[str, ChildEntry], factories: dict[str, WorkerFactory]
+    ctx: _Ctx,
+    table: Any,
+    key: str,
+    parent: str,
+    entries: dict[str, ChildEntry],
+    factories: dict[str, WorkerFactory],
+    depth: int = 1,
 ) -> ChildSpec:
     if not isinstance(table, dict):
-        raise ctx.error(key, "must be a table")
+        raise ctx.error(key, f"must be a table, got {kind_of(table)}")
+    if depth > MAX_NESTING:
+        raise ctx.error(key, f"supervisors nest deeper than {MAX_NESTING} levels")
     cid = table.get("id")
     if not isinstance(cid, str) or not cid:
-        raise ctx.error(f"{key}.id", f"must be a non-empty string, got {cid!r}")
+        raise ctx.error(f"{key}.id", f"must be a non-empty string, got {show('id', cid)}")
     kinds = [k for k in ("worker", "command", "children") if k in table]
     if len(kinds) != 1:
         what = " and ".join(kinds) if kinds else "none of them"
@@ -330,28 +378,11 @@ def _child(  # noqa: PLR0917
     common["backoff"] = _backoff(ctx, table.get("backoff"), key)
     try:
         if kind == "worker":
-            name = table["worker"]
-            if not isinstance(name, str):
-                raise ctx.error(f"{key}.worker", f"must be a string, got {name!r}")
-            settings = table.get("config", {})
-            if not isinstance(settings, dict):
-                raise ctx.error(f"{key}.config", f"must be a table, got {settings!r}")
-            factory = factories.get(name) or _load_factory(ctx, name, key)
-            try:
-                run = factory(settings)
-            except (ValueError, TypeError, KeyError) as e:
-                raise ctx.error(f"{key}.config", str(e)) from None
-            extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
-            spec: ChildSpec = WorkerSpec(run=run, **common, **extra)
-            entries[path] = ChildEntry(
-                path=path, kind="worker", fingerprint=_fingerprint(table, set()), worker=name, settings=settings
-            )
+            spec: ChildSpec = _worker(ctx, table, key, path, common, entries, factories)
         elif kind == "command":
-            env = table.get("env", {})
-            if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-                raise ctx.error(f"{key}.env", f"must be a table of strings, got {env!r}")
+            env = _env(ctx, table.get("env", {}), f"{key}.env")
             spec = ProcessSpec(
-                command=table["command"],
+                command=_command(ctx, table["command"], f"{key}.command"),
                 env=env,
                 cwd=table.get("cwd"),
                 inherit_env=table.get("inherit_env", True),
@@ -363,14 +394,77 @@ def _child(  # noqa: PLR0917
             children = table["children"]
             if not isinstance(children, list):
                 raise ctx.error(f"{key}.children", "must be an array of tables ([[...children]])")
-            kids = [_child(ctx, c, f"{key}.children[{i}]", path, entries, factories) for i, c in enumerate(children)]
+            kids = [
+                _child(ctx, c, f"{key}.children[{i}]", path, entries, factories, depth + 1)
+                for i, c in enumerate(children)
+            ]
             flags = _flags(ctx, table, key)
             spec = SupervisorSpec(children=kids, flags=flags, **common)
             own = _fingerprint(table, {"children"} | _SUP_FLAGS)
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
     except SpecError as e:
-        raise ctx.error(f"{key}.{e.field}", str(e).split(": ", 1)[1]) from None
+        raise ctx.error(f"{key}.{e.field}", e.reason) from None
     return spec
+
+
+def _worker(  # noqa: PLR0917
+    ctx: _Ctx,
+    table: dict[str, Any],
+    key: str,
+    path: str,
+    common: dict[str, Any],
+    entries: dict[str, ChildEntry],
+    factories: dict[str, WorkerFactory],
+) -> WorkerSpec:
+    name = table["worker"]
+    if not isinstance(name, str) or not name:
+        raise ctx.error(f"{key}.worker", f"must be a non-empty string, got {kind_of(name)}")
+    settings = table.get("config", {})
+    if not isinstance(settings, dict):
+        raise ctx.error(f"{key}.config", f"must be a table, got {kind_of(settings)}")
+    factory = factories.get(name) or _load_factory(ctx, name, key)
+    try:
+        run = factory(settings)
+    except SettingError as e:
+        raise ctx.error(f"{key}.config.{e.key}" if e.key else f"{key}.config", e.message) from None
+    except (ValueError, TypeError, KeyError) as e:  # a factory's own message, e.g. "every: must be > 0"
+        raise ctx.error(f"{key}.config", str(e) or type(e).__name__) from None
+    except Exception as e:  # noqa: BLE001 - any failure of a factory is a config error naming the child
+        raise ctx.error(
+            f"{key}.config", f"the {name!r} worker rejected its settings ({type(e).__name__}: {e})"
+        ) from None
+    if not callable(run):
+        raise ctx.error(f"{key}.worker", f"the factory of {name!r} must return an async run(ctx) function")
+    extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
+    entries[path] = ChildEntry(
+        path=path, kind="worker", fingerprint=_fingerprint(table, set()), worker=name, settings=settings
+    )
+    return WorkerSpec(run=run, **common, **extra)
+
+
+def _command(ctx: _Ctx, value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ctx.error(key, f"must be a non-empty array of strings (program, then arguments), got {kind_of(value)}")
+    for i, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise ctx.error(f"{key}[{i}]", f"must be a string, got {kind_of(arg)}")
+    return value
+
+
+def _env(ctx: _Ctx, value: Any, key: str) -> dict[str, str]:
+    """A child's environment: its values are never quoted in a message (they often hold secrets)."""
+    if not isinstance(value, dict):
+        raise ctx.error(key, f'must be a table like {{ NAME = "value" }}, got {kind_of(value)}')
+    for name, v in value.items():
+        if not name or "=" in name or "\x00" in name:
+            raise ctx.error(key, f"{show('', name)} is not a valid variable name (empty, or contains '=' or NUL)")
+        if not isinstance(v, str):
+            raise ctx.error(f"{key}.{name}", f"must be a string, got {kind_of(v)}")
+    return value
+
+
+def _fingerprint(table: Mapping[str, Any], drop: set[str]) -> str:
+    return json.dumps({k: v for k, v in table.items() if k not in drop}, sort_keys=True, default=str)
 
 
 def parse_config(
@@ -379,7 +473,22 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     factories: Mapping[str, WorkerFactory] | None = None,
 ) -> Config:
-    ctx = _Ctx(file, text, os.environ if env is None else env)
+    """Validate ``text`` and build the config; every failure, foreseen or not, is a :class:`ConfigError`."""
+    try:
+        return _parse(text, file, os.environ if env is None else env, factories or {})
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(file, "", f"tables or arrays nest too deeply (at most {MAX_NESTING} levels)") from None
+    except Exception as e:  # noqa: BLE001 - the guard: an unforeseen failure is still a config error, not a crash
+        raise ConfigError(file, "", f"cannot be loaded ({type(e).__name__}: {e})") from None
+
+
+def _parse(text: str, file: str, env: Mapping[str, str], factories: Mapping[str, WorkerFactory]) -> Config:
+    ctx = _Ctx(file, text, env)
+    deep = too_deep(text, MAX_NESTING)
+    if deep is not None:
+        raise ConfigError(file, "", f"tables or arrays nest deeper than {MAX_NESTING} levels", deep)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -396,14 +505,14 @@ def parse_config(
     if not isinstance(children, list):
         raise ctx.error("tree.children", "must be an array of tables ([[tree.children]])")
     entries: dict[str, ChildEntry] = {}
-    facs = dict(factories or {})
+    facs = dict(factories)
     kids = [_child(ctx, c, f"tree.children[{i}]", "", entries, facs) for i, c in enumerate(children)]
     flags = _flags(ctx, tree, "tree")
     root_id = tree.get("id", "root")
     try:
         spec = SupervisorSpec(id=root_id, children=kids, flags=flags)
     except SpecError as e:
-        raise ctx.error(f"tree.{e.field}", str(e).split(": ", 1)[1]) from None
+        raise ctx.error(f"tree.{e.field}", e.reason) from None
     entries[""] = ChildEntry(path="", kind="supervisor", fingerprint=str(root_id), flags=flags)
     return Config(file=file, daemon=daemon, tree=spec, entries=entries)
 
@@ -415,14 +524,13 @@ def load_config(
 ) -> Config:
     """Read and validate the config at ``path``.
 
-    Default: ``$MCP_SUPERVISOR_CONFIG``, then ``config/supervision.toml``.
+    Default: ``$MCP_SUPERVISOR_CONFIG``, then ``config/supervision.toml``. Every failure is a :class:`ConfigError`.
     """
     environ = os.environ if env is None else env
     chosen = Path(path or environ.get("MCP_SUPERVISOR_CONFIG") or DEFAULT_CONFIG_PATH)
     try:
-        text = chosen.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(str(chosen), "", f"cannot read the config file: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(chosen), "", "the config file is not UTF-8") from None
+        text = read_small_file(str(chosen), MAX_FILE)
+    except (OSError, ValueError) as e:  # missing, unreadable, not a regular file, too large, not UTF-8, NUL in path
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(str(chosen)[:200], "", f"cannot read the config file: {reason}") from None
     return parse_config(text, str(chosen), environ, factories)

@@ -61,3 +61,38 @@ def locate(text: str, key: str) -> int | None:
         cut = max(probe.rfind("."), probe.rfind("["))
         probe = probe[:cut] if cut > 0 else ""
     return None
+
+
+# what can hide a bracket: strings (multi-line ones first) and comments; then brackets and newlines themselves
+_TOKENS = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*"""'  # multi-line basic string
+    r"|'''.*?'''"  # multi-line literal string
+    r'|"(?:[^"\\\n]|\\.)*"'  # basic string
+    r"|'[^'\n]*'"  # literal string
+    r"|#[^\n]*"  # comment
+    r"|[\[\]{}\n]",
+    re.DOTALL,
+)
+
+
+def too_deep(text: str, limit: int) -> int | None:
+    """The line where brackets and braces (outside strings and comments) first nest deeper than ``limit``.
+
+    Checked before parsing: ``tomllib`` recurses per level, so a hostile file could exhaust the stack.
+    """
+    depth = 0
+    line = 1
+    for m in _TOKENS.finditer(text):
+        tok = m.group()
+        c = tok[0]
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif c == "\n":
+            line += 1
+        else:
+            line += tok.count("\n")  # a multi-line string
+    return None

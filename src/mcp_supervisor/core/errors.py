@@ -23,13 +23,25 @@ class SupervisorError(Exception):
     """Root of every error the supervision core raises."""
 
 
-class SpecError(SupervisorError, ValueError):
-    """A child spec or supervisor flag is invalid. ``field`` is the path of the bad field."""
+_UNSET: object = object()
 
-    def __init__(self, field: str, message: str, value: object = None) -> None:
+
+class SpecError(SupervisorError, ValueError):
+    """A child spec or supervisor flag is invalid.
+
+    ``field`` is the path of the bad field, ``reason`` what is wrong with it (with the bad value when one is
+    given and safe to show; values that may hold secrets, like ``env``, are described, never quoted).
+    """
+
+    def __init__(self, field: str, message: str, value: object = _UNSET) -> None:
         self.field = field
-        self.value = value
-        super().__init__(f"{field}: {message}, got {value!r}")
+        self.value = None if value is _UNSET else value
+        if value is _UNSET:
+            self.reason = message
+        else:
+            shown = repr(value)
+            self.reason = f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+        super().__init__(f"{field}: {self.reason}")
 
 
 class FailedToStartChild(SupervisorError):

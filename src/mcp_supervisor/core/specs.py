@@ -64,11 +64,33 @@ def _number(value: object, fld: str, *, minimum: float = 0.0, strict: bool = Fal
     return float(value)
 
 
+MAX_ID = 255
+
+
 def _check_id(value: object, fld: str = "id") -> None:
     if not isinstance(value, str) or not value:
         raise SpecError(fld, "must be a non-empty string", value)
-    if "/" in value or value != value.strip():
-        raise SpecError(fld, "must not contain '/' or surrounding spaces (it is used in paths)", value)
+    if len(value) > MAX_ID:
+        raise SpecError(fld, f"must be at most {MAX_ID} characters (it is used in paths), got {len(value)}")
+    if "/" in value or value != value.strip() or not value.isprintable():
+        raise SpecError(
+            fld, "must not contain '/', control characters or surrounding spaces (it is used in paths)", value
+        )
+
+
+def _check_argv(value: object, fld: str, what: str) -> tuple[str, ...]:
+    """A non-empty list of strings without NUL; the values themselves are never quoted (they may hold secrets)."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        got = "an empty list" if isinstance(value, Sequence) and not isinstance(value, str) else type(value).__name__
+        raise SpecError(fld, f"must be a non-empty list of strings ({what}), got {got}")
+    for i, a in enumerate(value):
+        if not isinstance(a, str):
+            raise SpecError(f"{fld}[{i}]", f"must be a string, got {type(a).__name__}")
+        if "\x00" in a:
+            raise SpecError(f"{fld}[{i}]", "must not contain a NUL character")
+    if not value[0]:
+        raise SpecError(f"{fld}[0]", "the program must not be empty")
+    return tuple(value)
 
 
 def shutdown_timeout(shutdown: ShutdownSpec) -> float | None:
@@ -119,7 +141,10 @@ class Backoff:
 
     def delay(self, attempt: int, rand: float = 0.5) -> float:
         """Delay before restart number ``attempt`` (0-based); ``rand`` in [0, 1) drives the jitter."""
-        base = min(self.max, self.initial * self.multiplier ** min(attempt, 64))
+        try:
+            base = min(self.max, self.initial * self.multiplier ** min(attempt, 64))
+        except OverflowError:  # e.g. multiplier = 1e300: the cap applies
+            base = self.max
         return max(0.0, min(self.max, base * (1 + self.jitter * (2 * rand - 1))))
 
 
@@ -148,9 +173,7 @@ class ReadyCommand:
     interval: float = 0.1
 
     def __post_init__(self) -> None:
-        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):
-            raise SpecError("ready.command", "must be a non-empty list of strings", self.command)
-        object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "command", _check_argv(self.command, "ready.command", "program, then arguments"))
         _number(self.timeout, "ready.timeout", strict=True)
         _number(self.interval, "ready.interval", strict=True)
 
@@ -216,15 +239,18 @@ class ProcessSpec(_Common):
 
     def __post_init__(self) -> None:
         self._check_common()
-        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):
-            raise SpecError("command", "must be a non-empty list of strings (program, then arguments)", self.command)
-        object.__setattr__(self, "command", tuple(self.command))
-        if not isinstance(self.env, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
-        ):
-            raise SpecError("env", "must map strings to strings", self.env)
+        object.__setattr__(self, "command", _check_argv(self.command, "command", "program, then arguments"))
+        if not isinstance(self.env, Mapping):
+            raise SpecError("env", f"must map names to strings, got {type(self.env).__name__}")
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not k or "=" in k or "\x00" in k:
+                raise SpecError("env", "names must be non-empty strings without '=' or NUL", k)
+            if not isinstance(v, str):  # the value itself is never quoted: it may be a secret
+                raise SpecError(f"env.{k}", f"must be a string, got {type(v).__name__}")
+            if "\x00" in v:
+                raise SpecError(f"env.{k}", "must not contain a NUL character")
         object.__setattr__(self, "env", dict(self.env))
-        if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd):
+        if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd or "\x00" in self.cwd):
             raise SpecError("cwd", "must be a non-empty path", self.cwd)
         if self.ready is not None and not isinstance(self.ready, ReadyTCP | ReadyCommand):
             raise SpecError("ready", "must be ReadyTCP, ReadyCommand or None", self.ready)

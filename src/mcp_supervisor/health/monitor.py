@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..core import ChildContext, Event, NoSuchPath, NotRunning
 from ..core.specs import WorkerFn
+from ..settings import Settings
 from .probes import CheckOutcome, LoopLag, ProbeResult, open_fds, rss_bytes, run_check
 
 Overall = Literal["unknown", "healthy", "degraded", "unhealthy"]
@@ -56,43 +57,27 @@ class HealthSettings:
     system: SystemLimits | None = field(default_factory=SystemLimits)
 
 
-def _positive(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, str):  # e.g. interval = "${MCP_HEALTH_INTERVAL:-30}"
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"{key}: must be a number > 0, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{key}: must be a number > 0, got {value!r}")
-    return float(value)
+_SYSTEM_KEYS = ("rss_warn_mb", "fds_warn", "tasks_warn", "loop_lag_warn_ms")
+SETTINGS_KEYS = frozenset({"interval", "timeout", "checks", "critical", "system"})
 
 
 def parse_settings(settings: Mapping[str, Any]) -> HealthSettings:
-    allowed = {"interval", "timeout", "checks", "critical", "system"}
-    for k in settings:
-        if k not in allowed:
-            raise ValueError(f"{k}: unknown setting (allowed: {', '.join(sorted(allowed))})")
-    checks = settings.get("checks")
-    if checks is not None and (not isinstance(checks, list) or not all(isinstance(c, str) and c for c in checks)):
-        raise ValueError(f"checks: must be a list of child paths, got {checks!r}")
-    critical = settings.get("critical", [])
-    if not isinstance(critical, list) or not all(isinstance(c, str) for c in critical):
-        raise ValueError(f"critical: must be a list of check names, got {critical!r}")
-    system_cfg = settings.get("system", {})
+    s = Settings(settings, SETTINGS_KEYS)
+    checks = s.strings("checks")
+    critical = s.strings("critical", ()) or ()
     system: SystemLimits | None
-    if system_cfg is False:
+    if settings.get("system") is False:
         system = None
-    elif isinstance(system_cfg, dict):
-        unknown = set(system_cfg) - {"rss_warn_mb", "fds_warn", "tasks_warn", "loop_lag_warn_ms"}
-        if unknown:
-            raise ValueError(f"system.{sorted(unknown)[0]}: unknown setting")
-        system = SystemLimits(**{k: _positive(system_cfg, k, 1) for k in system_cfg})
+    elif isinstance(settings.get("system", {}), Mapping):
+        limits, defaults = s.section("system", _SYSTEM_KEYS), SystemLimits()
+        system = SystemLimits(
+            **{k: limits.number(k, getattr(defaults, k), 0.0, 1e12, above=True) for k in _SYSTEM_KEYS}
+        )
     else:
-        raise ValueError(f"system: must be a table of warn thresholds or false, got {system_cfg!r}")
+        raise s.error("system", "must be a table of warn thresholds or false")
     return HealthSettings(
-        interval=_positive(settings, "interval", 30.0),
-        timeout=_positive(settings, "timeout", 5.0),
+        interval=s.seconds("interval", 30.0, above=True),
+        timeout=s.seconds("timeout", 5.0, above=True),
         checks=tuple(c.strip("/") for c in checks) if checks is not None else None,
         critical=frozenset(critical),
         system=system,

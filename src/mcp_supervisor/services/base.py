@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..core import ChildContext, Event, EventBus, NoSuchPath, NotRunning, SupervisorError
@@ -28,64 +28,6 @@ class ServiceError(SupervisorError):
 
 class ServiceUnavailable(ServiceError):
     """The service is not running (restarting, stopped) or lost its server; retry later."""
-
-
-class Settings:
-    """Typed access to a worker's ``config`` table; every error names the setting."""
-
-    def __init__(self, table: Mapping[str, Any], allowed: set[str]) -> None:
-        for k in table:
-            if k not in allowed:
-                raise ValueError(f"{k}: unknown setting (allowed: {', '.join(sorted(allowed))})")
-        self.table = table
-
-    def text(self, key: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError(f"{key}: must be a string, got {type(value).__name__}")
-        text = str(value)
-        if choices is not None and text not in choices:
-            raise ValueError(f"{key}: must be one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    def number(self, key: str, default: float, minimum: float = 0.0, integer: bool = False) -> float:
-        value = self.table.get(key, default)
-        if isinstance(value, str):
-            try:
-                value = int(value) if integer else float(value)
-            except ValueError:
-                raise ValueError(f"{key}: must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{key}: must be a number, got {value!r}")
-        if integer and int(value) != value:
-            raise ValueError(f"{key}: must be a whole number, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"{key}: must be >= {minimum:g}, got {value!r}")
-        return float(value)
-
-    def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
-        value = int(self.number(key, default, minimum, integer=True))
-        if maximum is not None and value > maximum:
-            raise ValueError(f"{key}: must be <= {maximum}, got {value}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: must be true or false, got {value!r}")
-        return value
-
-
-def read_secret_file(key: str, path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as e:
-        raise ValueError(f"{key}: cannot read {path!r}: {e.strerror or e}") from None
 
 
 class Emitter:

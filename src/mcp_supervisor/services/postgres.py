@@ -27,7 +27,8 @@ from ..core import ChildContext
 from ..core.clock import Deadline
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult, Status
-from .base import Emitter, ServiceError, ServiceUnavailable, Settings, read_secret_file, retry_connect
+from ..settings import Settings, read_secret_file
+from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
 
 POOL_BY_ENV = {"prod": 20, "test": 1, "dev": 10}
@@ -77,16 +78,20 @@ def _qualified(name: str) -> str:
     return ".".join(quote_ident(p) for p in parts)
 
 
+SETTINGS_KEYS = frozenset({
+    "host", "port", "user", "password", "password_file", "database", "sslmode", "ssl_ca", "env",
+    "pool_size", "min_size", "connect_timeout", "command_timeout", "acquire_timeout", "statement_cache_size",
+    "pgbouncer", "connect_attempts", "check_interval", "check_failures", "close_timeout", "query_events",
+})  # fmt: skip
+"""Every key of this worker's ``config`` table."""
+
+
 class PgSettings:
     def __init__(self, table: Mapping[str, Any]) -> None:
-        s = Settings(table, {
-            "host", "port", "user", "password", "password_file", "database", "sslmode", "ssl_ca", "env",
-            "pool_size", "min_size", "connect_timeout", "command_timeout", "acquire_timeout", "statement_cache_size",
-            "pgbouncer", "connect_attempts", "check_interval", "check_failures", "close_timeout", "query_events",
-        })  # fmt: skip
+        s = Settings(table, SETTINGS_KEYS)
         self.env = s.text("env", "dev", ("prod", "test", "dev")) or "dev"
         self.host = s.text("host") or None
-        self.port = s.integer("port", 5432, 1, 65535)
+        self.port = s.port("port", 5432)
         self.user = s.text("user") or "postgres"
         password = s.text("password") or None
         password_file = s.text("password_file") or None
@@ -96,24 +101,25 @@ class PgSettings:
         self.database = s.text("database") or "mcp_dev"
         if self.env == "prod":
             if not self.host:
-                raise ValueError("host: required when env = prod (no silent localhost default)")
+                raise s.error("host", "required when env = prod (no silent localhost default)")
             if not self.password:
-                raise ValueError("password: required when env = prod (set password or password_file)")
+                raise s.error("password", "required when env = prod (set password or password_file)")
         self.host = self.host or "localhost"
         self.sslmode = s.text("sslmode", "prefer", SSLMODES) or "prefer"
         self.ssl_ca = s.text("ssl_ca") or None
         default_pool = POOL_BY_ENV[self.env]
         self.pool_size = s.integer("pool_size", default_pool, 1, 1000)
-        self.min_size = min(s.integer("min_size", min(self.pool_size, 2), 0), self.pool_size)
-        self.connect_timeout = s.number("connect_timeout", 5.0, 0.1)
-        self.command_timeout = s.number("command_timeout", 30.0, 0.01)
-        self.acquire_timeout = s.number("acquire_timeout", 5.0, 0.01)
+        self.min_size = min(s.integer("min_size", min(self.pool_size, 2), 0, 1000), self.pool_size)
+        self.connect_timeout = s.seconds("connect_timeout", 5.0, 0.1)
+        # the server's statement_timeout is an int32 of milliseconds: a day fits
+        self.command_timeout = s.seconds("command_timeout", 30.0, 0.01)
+        self.acquire_timeout = s.seconds("acquire_timeout", 5.0, 0.01)
         self.pgbouncer = s.boolean("pgbouncer", False)
-        self.statement_cache_size = 0 if self.pgbouncer else s.integer("statement_cache_size", 100, 0)
-        self.connect_attempts = s.integer("connect_attempts", 5, 1)
-        self.check_interval = s.number("check_interval", 2.0, 0.05)
-        self.check_failures = s.integer("check_failures", 2, 1)
-        self.close_timeout = s.number("close_timeout", 2.0, 0.0)
+        self.statement_cache_size = 0 if self.pgbouncer else s.integer("statement_cache_size", 100, 0, 100_000)
+        self.connect_attempts = s.integer("connect_attempts", 5, 1, 1000)
+        self.check_interval = s.seconds("check_interval", 2.0, 0.05)
+        self.check_failures = s.integer("check_failures", 2, 1, 1000)
+        self.close_timeout = s.seconds("close_timeout", 2.0, 0.0)
         self.query_events = s.text("query_events", "handle", ("handle", "all")) or "handle"
 
     def ssl(self) -> Any:

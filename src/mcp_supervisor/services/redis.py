@@ -31,7 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..core import ChildContext
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
-from .base import Emitter, ServiceError, ServiceUnavailable, Settings, read_secret_file, retry_connect
+from ..settings import Settings, read_secret_file
+from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
 
 
@@ -108,35 +109,41 @@ def _jitter(ttl: int | None) -> int | None:
     return max(1, round(ttl * random.uniform(0.9, 1.1)))
 
 
+SETTINGS_KEYS = frozenset({
+    "url", "host", "port", "db", "username", "password", "password_file", "ssl", "namespace",
+    "max_connections", "socket_timeout", "connect_timeout", "pool_timeout", "retries", "connect_attempts",
+    "check_interval", "check_failures", "env",
+})  # fmt: skip
+"""Every key of this worker's ``config`` table."""
+
+
 class RedisSettings:
     def __init__(self, table: Mapping[str, Any]) -> None:
-        s = Settings(table, {
-            "url", "host", "port", "db", "username", "password", "password_file", "ssl", "namespace",
-            "max_connections", "socket_timeout", "connect_timeout", "pool_timeout", "retries", "connect_attempts",
-            "check_interval", "check_failures", "env",
-        })  # fmt: skip
+        s = Settings(table, SETTINGS_KEYS)
         self.env = s.text("env", "dev", ("prod", "test", "dev")) or "dev"
         self.url = s.text("url") or None
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise s.error("url", "must start with redis://, rediss:// or unix://")
         self.host = s.text("host") or None
         if self.env == "prod" and not (self.host or self.url):
-            raise ValueError("host: required when env = prod (no silent localhost default)")
+            raise s.error("host", "required when env = prod (no silent localhost default)")
         self.host = self.host or "localhost"
-        self.port = s.integer("port", 6379, 1, 65535)
+        self.port = s.port("port", 6379)
         self.db = s.integer("db", 0, 0)
         self.username = s.text("username") or None
         password = s.text("password") or None
         pf = s.text("password_file") or None
         self.password = read_secret_file("password_file", pf) if pf else password
         self.ssl = s.boolean("ssl", False)
-        self.namespace = s.text("namespace", "") or ""
-        self.max_connections = s.integer("max_connections", 20, 1)
-        self.socket_timeout = s.number("socket_timeout", 5.0, 0.01)
-        self.connect_timeout = s.number("connect_timeout", 5.0, 0.01)
-        self.pool_timeout = s.number("pool_timeout", 5.0, 0.01)
-        self.retries = s.integer("retries", 2, 0)
-        self.connect_attempts = s.integer("connect_attempts", 5, 1)
-        self.check_interval = s.number("check_interval", 2.0, 0.05)
-        self.check_failures = s.integer("check_failures", 2, 1)
+        self.namespace = s.text("namespace", "", max_len=1024) or ""
+        self.max_connections = s.integer("max_connections", 20, 1, 10_000)
+        self.socket_timeout = s.seconds("socket_timeout", 5.0, 0.01)
+        self.connect_timeout = s.seconds("connect_timeout", 5.0, 0.01)
+        self.pool_timeout = s.seconds("pool_timeout", 5.0, 0.01)
+        self.retries = s.integer("retries", 2, 0, 100)
+        self.connect_attempts = s.integer("connect_attempts", 5, 1, 1000)
+        self.check_interval = s.seconds("check_interval", 2.0, 0.05)
+        self.check_failures = s.integer("check_failures", 2, 1, 1000)
 
     def describe(self) -> str:
         return f"redis://{self.host}:{self.port}/{self.db}"

@@ -25,9 +25,12 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from ..core import ChildContext
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
-from .base import Emitter, ServiceError, ServiceUnavailable, Settings, read_secret_file, retry_connect
+from ..settings import Settings, read_secret_file
+from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
 
 MIN_PART = 5 * 2**20
+MAX_PART = 5 * 2**30  # S3 limits: 5 MiB..5 GiB per part, 5 TiB per object
+MAX_OBJECT = 5 * 2**40
 MAX_KEY_BYTES = 1024
 MAX_PRESIGN = 7 * 24 * 3600
 
@@ -86,13 +89,17 @@ def _map(e: Exception, what: str) -> Exception:
     return e
 
 
+SETTINGS_KEYS = frozenset({
+    "endpoint", "region", "access_key", "secret_key", "secret_key_file", "bucket", "path_style", "sse",
+    "kms_key_id", "multipart_threshold", "part_size", "max_concurrency", "connect_timeout", "read_timeout",
+    "retries", "create_bucket", "connect_attempts", "check_interval", "check_failures", "env", "acl",
+})  # fmt: skip
+"""Every key of this worker's ``config`` table."""
+
+
 class S3Settings:
     def __init__(self, table: Mapping[str, Any]) -> None:
-        s = Settings(table, {
-            "endpoint", "region", "access_key", "secret_key", "secret_key_file", "bucket", "path_style", "sse",
-            "kms_key_id", "multipart_threshold", "part_size", "max_concurrency", "connect_timeout", "read_timeout",
-            "retries", "create_bucket", "connect_attempts", "check_interval", "check_failures", "env", "acl",
-        })  # fmt: skip
+        s = Settings(table, SETTINGS_KEYS)
         self.env = s.text("env", "dev", ("prod", "test", "dev")) or "dev"
         self.endpoint = s.text("endpoint") or None
         self.region = s.text("region", "us-east-1") or "us-east-1"
@@ -101,29 +108,29 @@ class S3Settings:
         self.secret_key = (
             read_secret_file("secret_key_file", secret_file) if secret_file else (s.text("secret_key") or None)
         )
-        bucket = s.text("bucket")
+        bucket = s.text("bucket", max_len=63)
         if not bucket:
-            raise ValueError("bucket: required")
+            raise s.error("bucket", "required")
         self.bucket = bucket
         if self.env == "prod" and not (self.access_key and self.secret_key):
-            raise ValueError("access_key: required with secret_key when env = prod")
+            raise s.error("access_key", "required with secret_key when env = prod")
         self.path_style = s.boolean("path_style", True)
         self.sse = s.text("sse", "none", ("none", "AES256", "aws:kms")) or "none"
         # "none" for buckets with ACLs disabled (AWS "bucket owner enforced"), which reject any other ACL
         self.acl = s.text("acl", "private", ("private", "none")) or "private"
         self.kms_key_id = s.text("kms_key_id") or None
         if self.sse == "aws:kms" and not self.kms_key_id:
-            raise ValueError('kms_key_id: required when sse = "aws:kms"')
-        self.part_size = s.integer("part_size", 8 * 2**20, MIN_PART)
-        self.multipart_threshold = s.integer("multipart_threshold", self.part_size, MIN_PART)
+            raise s.error("kms_key_id", 'required when sse = "aws:kms"')
+        self.part_size = s.integer("part_size", 8 * 2**20, MIN_PART, MAX_PART)
+        self.multipart_threshold = s.integer("multipart_threshold", self.part_size, MIN_PART, MAX_OBJECT)
         self.max_concurrency = s.integer("max_concurrency", 4, 1, 64)
-        self.connect_timeout = s.number("connect_timeout", 5.0, 0.1)
-        self.read_timeout = s.number("read_timeout", 60.0, 0.1)
-        self.retries = s.integer("retries", 2, 0)
+        self.connect_timeout = s.seconds("connect_timeout", 5.0, 0.1)
+        self.read_timeout = s.seconds("read_timeout", 60.0, 0.1)
+        self.retries = s.integer("retries", 2, 0, 100)
         self.create_bucket = s.boolean("create_bucket", False)
-        self.connect_attempts = s.integer("connect_attempts", 5, 1)
-        self.check_interval = s.number("check_interval", 10.0, 0.05)
-        self.check_failures = s.integer("check_failures", 2, 1)
+        self.connect_attempts = s.integer("connect_attempts", 5, 1, 1000)
+        self.check_interval = s.seconds("check_interval", 10.0, 0.05)
+        self.check_failures = s.integer("check_failures", 2, 1, 1000)
 
     def client_config(self) -> AioConfig:
         return AioConfig(

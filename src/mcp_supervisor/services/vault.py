@@ -27,7 +27,8 @@ import aiohttp
 from ..core import ChildContext
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
-from .base import Emitter, ServiceError, ServiceUnavailable, Settings
+from ..settings import Settings, read_small_file
+from .base import Emitter, ServiceError, ServiceUnavailable
 from .events import ServiceState
 
 NO_TOKEN = "no Vault token configured"  # noqa: S105 - a message, not a password
@@ -76,18 +77,22 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(bytes(data)).decode()
 
 
+SETTINGS_KEYS = frozenset({
+    "addr", "token", "token_file", "mount", "kv_version", "transit_mount", "namespace", "timeout",
+    "retries", "renew", "create_transit_keys", "token_check_interval", "env",
+})  # fmt: skip
+"""Every key of this worker's ``config`` table."""
+
+
 class VaultSettings:
     def __init__(self, table: Mapping[str, Any]) -> None:
-        s = Settings(table, {
-            "addr", "token", "token_file", "mount", "kv_version", "transit_mount", "namespace", "timeout",
-            "retries", "renew", "create_transit_keys", "token_check_interval", "env",
-        })  # fmt: skip
+        s = Settings(table, SETTINGS_KEYS)
         self.env = s.text("env", "dev", ("prod", "test", "dev")) or "dev"
         self.addr = (s.text("addr") or "http://127.0.0.1:8200").rstrip("/")
         if not self.addr.startswith(("http://", "https://")):
-            raise ValueError(f"addr: must start with http:// or https://, got {self.addr!r}")
+            raise s.error("addr", f"must start with http:// or https://, got {self.addr[:80]!r}")
         if self.env == "prod" and self.addr.startswith("http://") and "127.0.0.1" not in self.addr:
-            raise ValueError("addr: use https in prod (tokens and secrets would cross the network in clear)")
+            raise s.error("addr", "use https in prod (tokens and secrets would cross the network in clear)")
         self.token = s.text("token") or None
         self.token_file = s.text("token_file") or None
         self.mount = (s.text("mount", "secret") or "secret").strip("/")
@@ -95,21 +100,20 @@ class VaultSettings:
         self.kv_version: int | None = None if version == "auto" else int(version)
         self.transit_mount = (s.text("transit_mount", "transit") or "transit").strip("/")
         self.namespace = s.text("namespace") or None
-        self.timeout = s.number("timeout", 5.0, 0.05)
-        self.retries = s.integer("retries", 2, 0)
+        self.timeout = s.seconds("timeout", 5.0, 0.05)
+        self.retries = s.integer("retries", 2, 0, 100)
         self.renew = s.boolean("renew", True)
         self.create_transit_keys = s.boolean("create_transit_keys", False)
-        self.token_check_interval = s.number("token_check_interval", 5.0, 0.05)
+        self.token_check_interval = s.seconds("token_check_interval", 5.0, 0.05)
 
     def read_token(self) -> str | None:
         if self.token_file:
             try:
-                with open(self.token_file, encoding="utf-8") as f:
-                    token = f.read().strip()
+                token = read_small_file(self.token_file).strip()
                 if token:
                     return token
-            except OSError:
-                pass
+            except (OSError, ValueError):
+                pass  # unreadable now: the worker stays unhealthy and looks again
         return self.token
 
 

@@ -22,6 +22,7 @@ from ..core import ChildContext, Event
 from ..core.specs import WorkerFn
 from ..health.monitor import HealthRound, HealthTransition
 from ..services.events import ServiceOperation, ServiceState
+from ..settings import DAY, Settings
 from .logs import get_logger
 
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -73,19 +74,16 @@ class SinkSettings:
     slow_query_info_ms: float = 500.0
 
 
+SETTINGS_KEYS = frozenset({"queue", "slow_query_warn_ms", "slow_query_info_ms"})
+
+
 def parse_settings(settings: Mapping[str, Any]) -> SinkSettings:
-    allowed = {"queue", "slow_query_warn_ms", "slow_query_info_ms"}
-    for k in settings:
-        if k not in allowed:
-            raise ValueError(f"{k}: unknown setting (allowed: {', '.join(sorted(allowed))})")
-    out = SinkSettings(**dict(settings))
-    if not isinstance(out.queue, int) or isinstance(out.queue, bool) or out.queue < 1:
-        raise ValueError(f"queue: must be an integer >= 1, got {out.queue!r}")
-    for k in ("slow_query_warn_ms", "slow_query_info_ms"):
-        v = getattr(out, k)
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-            raise ValueError(f"{k}: must be a number of milliseconds > 0, got {v!r}")
-    return out
+    s = Settings(settings, SETTINGS_KEYS)
+    return SinkSettings(
+        queue=s.integer("queue", 10_000, 1, 10_000_000),
+        slow_query_warn_ms=s.number("slow_query_warn_ms", 1000.0, 0.0, DAY * 1000, above=True),
+        slow_query_info_ms=s.number("slow_query_info_ms", 500.0, 0.0, DAY * 1000, above=True),
+    )
 
 
 class Sink:

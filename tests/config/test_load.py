@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from mcp_supervisor.config import ConfigError, parse_config
+from mcp_supervisor.config.locate import too_deep
 from mcp_supervisor.core import ProcessSpec, ReadyTCP, SupervisorSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FULL = """
 [daemon]
@@ -136,3 +137,19 @@ def test_the_docker_env_makes_the_template_valid() -> None:
     for service in ("postgres:", "redis:", "minio:", "vault:"):
         assert service in compose
     assert compose.count("healthcheck:") == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a = [[[1]]]", 1),
+        ('a = "[[[["', None),
+        ("a = '[[[[['", None),
+        ('a = """\n[[[[\n"""\nb = [[[1]]]', 4),
+        ("a = '''\n[[[[\n'''", None),
+        ("# [[[[\nb = {a={a={a=1}}}", 2),
+        ('a = "x\\"[[[["', None),
+    ],
+)
+def test_nesting_is_measured_outside_strings_and_comments(text: str, line: int | None) -> None:
+    assert too_deep(text, 2) == line
