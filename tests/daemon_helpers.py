@@ -45,13 +45,23 @@ def wait_until(cond: Any, timeout: float = 15.0, what: str = "condition") -> Any
 class Daemon:
     """``mcp-supervisor run`` in a subprocess; records its sd_notify datagrams and its log lines."""
 
-    def __init__(self, tmp: Path, tree_toml: str, *, token: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        tree_toml: str,
+        *,
+        token: bool = True,
+        env: dict[str, str] | None = None,
+        token_value: str = TOKEN,
+        separate_stderr: bool = False,
+    ) -> None:
         self.tmp = tmp
+        self.token_value = token_value
         self.port = free_port()
         self.admin = f"127.0.0.1:{self.port}"
         self.config = tmp / "supervision.toml"
         self.token_file = tmp / "token"
-        self.token_file.write_text(TOKEN + "\n")
+        self.token_file.write_text(token_value + "\n")
         self.token_line = f'admin_token_file = "{self.token_file}"\n' if token else ""
         self.write(tree_toml)
         self.notify_path = str(tmp / "notify.sock")
@@ -60,12 +70,14 @@ class Daemon:
         self.notify.settimeout(0.05)
         self.messages: list[str] = []
         self.log_path = tmp / "daemon.log"
+        self.err_path = tmp / "daemon.err"
         env_all = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONUNBUFFERED="1", **(env or {}))
         self._log = open(self.log_path, "wb")
+        self._err = open(self.err_path, "wb") if separate_stderr else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mcp_supervisor.cli", "run", "--config", str(self.config)],
             stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stderr=self._err if self._err is not None else subprocess.STDOUT,
             env=env_all,
             cwd=tmp,
         )
@@ -98,11 +110,13 @@ class Daemon:
 
     # -- HTTP -----------------------------------------------------------------------------------------------
     def request(
-        self, method: str, path: str, token: str | None = TOKEN, headers: dict[str, str] | None = None,
+        self, method: str, path: str, token: str | None = None, headers: dict[str, str] | None = None,
         body: bytes | None = None,
     ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+        """``token``: defaults to the daemon's own for POSTs; pass "" to send none."""
         req = urllib.request.Request(f"http://{self.admin}{path}", method=method, data=body)
-        if token is not None and method == "POST":
+        token = self.token_value if token is None else token
+        if token and method == "POST":
             req.add_header("Authorization", f"Bearer {token}")
         for k, v in (headers or {}).items():
             req.add_header(k, v)
@@ -166,6 +180,8 @@ class Daemon:
             self.proc.kill()
             code = self.proc.wait()
         self._log.close()
+        if self._err is not None:
+            self._err.close()
         self.drain_notify()
         self.notify.close()
         return code

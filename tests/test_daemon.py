@@ -178,7 +178,7 @@ def test_sd_notify_and_children_do_not_inherit_the_notify_socket(daemons: list[D
 
 def test_admin_auth_and_malformed_requests_get_4xx(daemons: list[Daemon], tmp_path: Path) -> None:
     d = start(daemons, tmp_path, children("a"))
-    assert d.request("POST", "/children/a/restart", token=None)[0] == 401
+    assert d.request("POST", "/children/a/restart", token="")[0] == 401
     assert d.request("POST", "/children/a/restart", token="wrong-token-wrong-token")[0] == 403
     assert d.request("POST", "/reload", token="x")[0] == 403
     assert d.request("POST", "/children/nope/restart")[0] == 404

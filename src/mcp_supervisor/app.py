@@ -15,11 +15,11 @@ from typing import Any
 
 from .admin import AdminServer, AdminState
 from .config import Config, ConfigError, load_config
-from .core import FailedToStartChild, State, SupervisorSpec, Tree
+from .core import FailedToStartChild, State, SupervisorSpec, Tree, describe
 from .settings import read_small_file
 from .systemd import Notifier
 from .telemetry.events import log_events
-from .telemetry.logs import configure, get_logger
+from .telemetry.logs import REDACTOR, configure, get_logger
 from .telemetry.metrics import DaemonMetrics
 
 EXIT_OK = 0
@@ -43,7 +43,7 @@ def read_token(path: str | None) -> str | None:
 class Daemon:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
-        self.notifier = Notifier()  # first: children must not inherit NOTIFY_SOCKET / WATCHDOG_*
+        self.notifier = Notifier(redact=REDACTOR.redact)  # first: children must not inherit NOTIFY_SOCKET etc.
         self.log: Any = get_logger()
         self.config: Config | None = None
         self.tree: Tree | None = None
@@ -51,6 +51,7 @@ class Daemon:
         self.state: AdminState | None = None
         self.metrics = DaemonMetrics(lambda: self.tree.status() if self.tree is not None else None)
         self._stop = asyncio.Event()
+        self._secrets: frozenset[str] | set[str] = frozenset()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -68,20 +69,24 @@ class Daemon:
             raise
         except Exception as e:  # noqa: BLE001 - unforeseen: still a config error, the running tree untouched
             where = self.config.file if self.config is not None else (self.config_path or "config")
-            raise ConfigError(where, "", f"cannot be loaded ({type(e).__name__}: {e})") from None
+            raise ConfigError(where, "", f"cannot be loaded ({describe(e)})") from None
 
     async def run(self) -> int:
         try:
             cfg, token = self.load()
         except ConfigError as e:
-            configure("info", "auto")
+            configure("info", "auto", stdlib=True)
             get_logger().error("invalid config", error=str(e))
             self.notifier.send(STATUS=f"invalid config: {e}", ERRNO=EXIT_CONFIG)
             return EXIT_CONFIG
-        configure(cfg.daemon.log_level, cfg.daemon.log_format)
+        self._secrets = cfg.secrets | ({token} if token else set())
+        REDACTOR.update(self._secrets)
+        configure(cfg.daemon.log_level, cfg.daemon.log_format, redactor=REDACTOR, stdlib=True)
         faulthandler.enable()
         self.log = get_logger()
         self.config = cfg
+        for warning in cfg.warnings:
+            self.log.warning("config warning", detail=warning)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
@@ -109,12 +114,13 @@ class Daemon:
             reload=self.reload,
             token=token,
             on_mutation=lambda outcome: self.metrics.admin_requests.labels(outcome.split(" ")[0]).inc(),
+            redact=REDACTOR.redact_value,
         )
         self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
         try:
             await self.admin.start()
         except OSError as e:
-            self.log.error("cannot bind the admin port", admin=cfg.daemon.admin, error=str(e))
+            self.log.error("cannot bind the admin port", admin=cfg.daemon.admin, error=describe(e))
             await tree.stop()
             return EXIT_GAVE_UP
         self._spawn(self._watchdog())
@@ -221,11 +227,15 @@ class Daemon:
                 changes = await apply_difference(tree, old, new)
             except Exception as e:  # noqa: BLE001 - report, keep running
                 self.metrics.reload_result(False)
-                self.log.error("reload failed while applying", error=str(e))
-                self.notifier.ready(f"reload failed: {e}")
-                return {"ok": False, "error": str(e), "changes": []}
+                self.log.error("reload failed while applying", error=describe(e))
+                self.notifier.ready(f"reload failed: {describe(e)}")
+                return {"ok": False, "error": describe(e), "changes": []}
             self.config = new
             self.state.token = token
+            # old children may still speak while they stop: keep the previous secrets until the next reload
+            current = new.secrets | ({token} if token else set())
+            REDACTOR.update(self._secrets | current)
+            self._secrets = current
             self.metrics.reload_result(True)
             described = [{"path": p, "change": c} for p, c in changes]
             self.log.info("reloaded", changes=described)

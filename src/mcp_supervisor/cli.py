@@ -12,6 +12,7 @@ from typing import Any
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from .config.load import DEFAULT_ADMIN
+from .core.errors import describe
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
@@ -102,10 +103,10 @@ async def db_command(args: argparse.Namespace) -> int:
     try:
         conn = await pgtools.connect(settings, args.dsn)
     except (OSError, TimeoutError) as e:
-        print(f"cannot connect to {settings.describe()}: {e}", file=sys.stderr)
+        print(f"cannot connect to {settings.describe()}: {describe(e)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except Exception as e:  # noqa: BLE001 - asyncpg's connection errors have no common base
-        print(f"cannot connect to {settings.describe()}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"cannot connect to {settings.describe()}: {describe(e)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         if args.db_action == "seed":
@@ -115,7 +116,7 @@ async def db_command(args: argparse.Namespace) -> int:
                 print(f"seed failed, nothing was written: {e}", file=sys.stderr)
                 return 1
             except Exception as e:  # noqa: BLE001 - a database error rolls the whole seed back
-                print(f"seed failed, nothing was written: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"seed failed, nothing was written: {describe(e)}", file=sys.stderr)
                 return 1
             for table, n in counts.items():
                 print(f"{table}: {n} rows inserted")
@@ -135,13 +136,13 @@ def check_config(path: str | None) -> int:
         return EXIT_CONFIG
     except Exception as e:  # noqa: BLE001 - the guard: never a traceback, always exit 78 with the reason
         print(
-            f"invalid config: {path or DEFAULT_CONFIG_PATH}: cannot be loaded ({type(e).__name__}: {e})",
+            f"invalid config: {path or DEFAULT_CONFIG_PATH}: cannot be loaded ({describe(e)})",
             file=sys.stderr,
         )
         return EXIT_CONFIG
     nodes = len(cfg.entries) - 1
     print(f"{cfg.file}: valid ({nodes} children; admin {cfg.daemon.admin})")
-    for w in _warnings(cfg.tree):
+    for w in [*cfg.warnings, *_warnings(cfg.tree)]:
         print(f"warning: {w}", file=sys.stderr)
     return 0
 
@@ -202,7 +203,7 @@ async def ctl(args: argparse.Namespace) -> int:
             text = await resp.text()
             status = resp.status
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
-        print(f"cannot reach the daemon at {admin}: {e}", file=sys.stderr)
+        print(f"cannot reach the daemon at {admin}: {describe(e)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         body: Any = json.loads(text)

@@ -15,12 +15,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 MAX_VALUE = 2000  # characters of one field: STATUS= is a short line for `systemctl status`
 
 
 class Notifier:
-    def __init__(self) -> None:
+    """``redact`` cleans every value sent (``STATUS=`` carries error messages, and systemd shows it to anyone)."""
+
+    def __init__(self, redact: Callable[[str], str] | None = None) -> None:
+        self._redact = redact
         addr = os.environ.pop("NOTIFY_SOCKET", None)
         pid_ok = os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
         usec = os.environ.pop("WATCHDOG_USEC", "") if pid_ok else ""
@@ -40,6 +44,8 @@ class Notifier:
         if self._addr is None:
             return
         msg = "\n".join(f"{k}={_one_line(v)}" for k, v in fields.items())
+        if self._redact is not None:
+            msg = self._redact(msg)
         try:
             if self._sock is None:
                 self._sock = socket.socket(

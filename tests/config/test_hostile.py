@@ -84,7 +84,7 @@ def test_the_loader_accepts_or_rejects_with_a_located_message(doc: dict[str, obj
         ('[tree]\nid = "${SET"\n', 'h.toml:2: tree.id: unterminated "${" (write "$$" for a literal "$")'),
         ('[tree]\nid = "${1A}"\n', 'h.toml:2: tree.id: "${1A}" is not a variable reference'),
         (
-            '[tree]\n[[tree.children]]\nid = "s"\nworker = "s3"\nconfig = { bucket = "b", part_size = 1e300 }\n',
+            '[tree]\n[[tree.children]]\nid = "s"\nworker = "s3"\nconfig = { bucket = "bkt", part_size = 1e300 }\n',
             "tree.children[0].config.part_size: must be an integer 5242880..5368709120, got 1e+300",
         ),
         (

@@ -39,10 +39,12 @@ def _wait(cond: object, timeout: float, what: str) -> None:
 class PgServer:
     """``initdb`` into a temp dir (as the postgres user when we are root), then ``postgres`` in the foreground."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """``password``: TCP connections must authenticate (scram-sha-256) as postgres with it."""
         self.dir = Path(tempfile.mkdtemp(prefix="mcp-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.user: str | None = None
         if os.geteuid() == 0:
@@ -50,15 +52,25 @@ class PgServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
             os.chmod(self.dir, 0o755)
+        auth = ["-A", "trust"]
+        if password is not None:
+            pwfile = self.dir / "pwfile"
+            pwfile.write_text(password + "\n")
+            if self.user is not None:
+                shutil.chown(pwfile, self.user, self.user)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         subprocess.run(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+            [str(PG_BIN / "initdb"), "-D", str(self.data), *auth, "-U", "postgres", "-E", "UTF8", "--no-sync"],
             check=True, capture_output=True, user=self.user,
         )  # fmt: skip
 
     @property
     def settings(self) -> dict[str, object]:
-        return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "database": "postgres", "env": "test",
-                "sslmode": "disable"}  # fmt: skip
+        out: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "user": "postgres", "database": "postgres",
+                                  "env": "test", "sslmode": "disable"}  # fmt: skip
+        if self.password is not None:
+            out["password"] = self.password
+        return out
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -104,19 +116,28 @@ class PgServer:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None, users: dict[str, str] | None = None) -> None:
+        """``password``: the default user's (``requirepass``); ``users``: more ACL users, name -> password."""
         self.dir = Path(tempfile.mkdtemp(prefix="mcp-redis-"))
         self.port = free_port()
+        self.password = password
+        self.users = users or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def settings(self) -> dict[str, object]:
-        return {"host": "127.0.0.1", "port": self.port, "env": "test"}
+        out: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "env": "test"}
+        if self.password is not None:
+            out["password"] = self.password
+        return out
 
     def start(self) -> None:
+        auth = ["--requirepass", self.password] if self.password is not None else []
+        for name, pw in self.users.items():
+            auth += ["--user", name, "on", f">{pw}", "~*", "&*", "+@all"]
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
+             "--dir", str(self.dir), *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         _wait(lambda: port_open(self.port), 10, "redis to listen")
@@ -171,7 +192,9 @@ class BaoServer:
 
     TOKEN = "root-token-for-tests"
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
+        if token is not None:
+            self.TOKEN = token
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.bin = shutil.which("bao") or str(Path(sys.executable).parent / "bao")

@@ -162,11 +162,14 @@ async def test_keys_and_settings_are_validated(s3: MotoServer) -> None:
         with pytest.raises(NotFound):
             await st.head("nope")
     with pytest.raises(ValueError, match="kms_key_id: required"):
-        S3Settings({"bucket": "b", "sse": "aws:kms"})
+        S3Settings({"bucket": "bkt", "sse": "aws:kms"})
     with pytest.raises(ValueError, match="bucket: required"):
         S3Settings({})
     with pytest.raises(ValueError, match="sse: must be one of"):
-        S3Settings({"bucket": "b", "sse": "AES128"})
+        S3Settings({"bucket": "bkt", "sse": "AES128"})
+    for bad in ("b", "Upper", "a..b", "-ab", "x" * 64):
+        with pytest.raises(ValueError, match="bucket: must be"):
+            S3Settings({"bucket": bad})
 
 
 async def test_server_killed_mid_operation_clear_errors_then_recovery(s3: MotoServer) -> None:

@@ -3,6 +3,7 @@
 Private by default (loopback or a unix socket); GETs are read-only; mutations are POST-only, need
 ``Authorization: Bearer <token>`` (compared in constant time) and are off unless a token file is configured;
 ``Host`` is checked against loopback names to defeat DNS rebinding; bodies are small; every mutation is logged.
+Every body it sends passes through the daemon's redactor; connections are bounded (``http.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..core import FailedToStartChild, NoSuchPath, OperationError, Tree
+from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, GuardedTCPSite, GuardedUnixSite
 from .openapi import OPENAPI
 
 MAX_BODY = 16 * 1024
@@ -49,21 +51,8 @@ class AdminState:
     find_health: Callable[[], Health | None] = lambda: None
     started_at: float = field(default_factory=time.time)
     on_mutation: Callable[[str], None] | None = None
-
-
-def _json(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
-    return web.Response(
-        text=json.dumps(data, indent=None, separators=(",", ":"), default=str),
-        status=status,
-        content_type=content_type,
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    resp = _json({"error": message, "status": status}, status)
-    resp.headers.update(headers)
-    return resp
+    redact: Callable[[Any], Any] = lambda doc: doc
+    """Cleans a response document's free text (the daemon's redactor; ids, paths and states are kept)."""
 
 
 def allowed_hosts(admin: str) -> set[str] | None:
@@ -76,20 +65,48 @@ def allowed_hosts(admin: str) -> set[str] | None:
 
 
 def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
+    def _json(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
+        return web.Response(
+            text=json.dumps(state.redact(data), indent=None, separators=(",", ":"), default=str),
+            status=status,
+            content_type=content_type,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    def _error(status: int, message: str, **headers: str) -> web.Response:
+        resp = _json({"error": message, "status": status}, status)
+        resp.headers.update(headers)
+        return resp
+
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        proto = request.protocol
+        if isinstance(proto, GuardedHandler):
+            proto.request_started()
+        try:
+            return await _guarded(request, handler)
+        finally:
+            if isinstance(proto, GuardedHandler):
+                proto.request_finished()
+
+    async def _guarded(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if hosts is not None and request.host not in hosts:
-            return _error(421, f"unexpected Host header {request.host!r}; use a loopback name")
+            return _error(421, f"unexpected Host header {request.host[:100]!r}; use a loopback name")
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error(413, f"request body over {MAX_BODY} bytes")
         try:
             if request.body_exists:
-                await request.read()  # enforces client_max_size for chunked bodies too
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    await request.read()  # enforces client_max_size for chunked bodies too
             return await handler(request)
         except web.HTTPException:
             raise
+        except TimeoutError:
+            return _error(408, f"the request body did not arrive within {BODY_TIMEOUT:g}s")
         except (ValueError, UnicodeError) as e:
-            return _error(400, f"bad request: {e}")
+            return _error(400, f"bad request: {type(e).__name__}")
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
 
@@ -117,7 +134,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         body, ctype = state.metrics()
-        resp = web.Response(body=body)
+        resp = web.Response(body=body)  # names and numbers only: nothing to redact
         resp.headers["Content-Type"] = ctype
         return resp
 
@@ -244,8 +261,11 @@ def tree_health(doc: dict[str, Any]) -> tuple[dict[str, Any], int]:
 class AdminServer:
     """Runs the app on TCP or a unix socket with explicit setup and a bounded cleanup (aiohttp web_runner)."""
 
-    def __init__(self, state: AdminState, address: str, allow_remote: bool = False) -> None:
+    def __init__(
+        self, state: AdminState, address: str, allow_remote: bool = False, limits: ConnectionLimits | None = None
+    ) -> None:
         self.address = address
+        self.limits = limits if limits is not None else ConnectionLimits()
         hosts = None if (allow_remote or address.startswith("unix:")) else allowed_hosts(address)
         self._runner = web.AppRunner(build_app(state, hosts), access_log=None, handle_signals=False)
 
@@ -256,12 +276,12 @@ class AdminServer:
             path = self.address[5:]
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # a stale socket from a previous run
-            site = web.UnixSite(self._runner, path, shutdown_timeout=2.0)
+            site = GuardedUnixSite(self._runner, path, self.limits, shutdown_timeout=2.0)
             await site.start()
             os.chmod(path, 0o660)
         else:
             host, _, port = self.address.rpartition(":")
-            site = web.TCPSite(self._runner, host.strip("[]"), int(port), shutdown_timeout=2.0, reuse_address=True)
+            site = GuardedTCPSite(self._runner, host.strip("[]"), int(port), self.limits, shutdown_timeout=2.0)
             await site.start()
 
     async def stop(self) -> None:

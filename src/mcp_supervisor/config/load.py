@@ -23,9 +23,11 @@ from ..core import (
     SupervisorFlags,
     SupervisorSpec,
     WorkerSpec,
+    describe,
 )
 from ..core.specs import WorkerFn
-from ..settings import SettingError, kind_of, read_small_file, show
+from ..redact import MIN_SECRET
+from ..settings import SettingError, is_secret_key, kind_of, read_small_file, show
 from .locate import locate, too_deep
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
@@ -94,6 +96,9 @@ class Config:
     daemon: DaemonConfig
     tree: SupervisorSpec
     entries: Mapping[str, ChildEntry] = field(default_factory=dict)
+    secrets: frozenset[str] = frozenset()
+    """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
+    warnings: tuple[str, ...] = ()
 
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -128,11 +133,44 @@ def _numbers(table: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+_USERINFO_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^@\s/]+)@")
+
+
 class _Ctx:
     def __init__(self, file: str, text: str, env: Mapping[str, str]) -> None:
         self.file = file
         self.text = text
         self.env = env
+        self.secrets: set[str] = set()
+        self.warnings: list[str] = []
+
+    def secret(self, key: str, value: str) -> None:
+        if not value:
+            return
+        if len(value) < MIN_SECRET:
+            self.warnings.append(
+                f"{key}: shorter than {MIN_SECRET} characters, so it cannot be redacted from logs; use a real secret"
+            )
+        self.secrets.add(value)
+
+    def collect(self, table: Mapping[str, Any], key: str) -> None:
+        """Secrets in a worker's settings: secret-named values, ``*_file`` secrets' contents, URL passwords."""
+        for k, v in table.items():
+            path = f"{key}.{k}"
+            if isinstance(v, Mapping):
+                self.collect(v, path)
+                continue
+            locator = k.lower().endswith(("url", "dsn"))  # only its password (below) is secret, not the address
+            if isinstance(v, str | int) and not isinstance(v, bool) and is_secret_key(k) and not locator:
+                self.secret(path, str(v))
+            elif isinstance(v, str) and k.endswith("_file") and is_secret_key(k[:-5]):
+                try:
+                    self.secret(path, read_small_file(v).strip())
+                except (OSError, ValueError):
+                    pass  # the worker reports an unreadable file itself, when it reads it
+            if isinstance(v, str):
+                for m in _USERINFO_PASSWORD.finditer(v):
+                    self.secret(path, m.group(1))
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(self.file, key, message, locate(self.text, key))
@@ -271,7 +309,7 @@ def _check_admin(ctx: _Ctx, admin: str, allow_remote: bool) -> None:
 _COMMON = {"id", "restart", "shutdown", "significant", "backoff"}
 _SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _WORKER = _COMMON | {"worker", "config", "start_timeout"}
-_PROCESS = _COMMON | {"command", "env", "cwd", "inherit_env", "ready"}
+_PROCESS = _COMMON | {"command", "env", "public_env", "cwd", "inherit_env", "ready"}
 _SUPERVISOR = _COMMON | _SUP_FLAGS | {"children"}
 
 
@@ -381,6 +419,10 @@ def _child(  # noqa: PLR0917
             spec: ChildSpec = _worker(ctx, table, key, path, common, entries, factories)
         elif kind == "command":
             env = _env(ctx, table.get("env", {}), f"{key}.env")
+            public = _public_env(ctx, table.get("public_env", []), f"{key}.public_env")
+            for name, value in env.items():
+                if name not in public:
+                    ctx.secrets.add(value)  # env values are secret unless listed as public
             spec = ProcessSpec(
                 command=_command(ctx, table["command"], f"{key}.command"),
                 env=env,
@@ -389,7 +431,7 @@ def _child(  # noqa: PLR0917
                 ready=_ready(ctx, table.get("ready"), key),
                 **common,
             )
-            entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, set()))
+            entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, {"public_env"}))
         else:
             children = table["children"]
             if not isinstance(children, list):
@@ -430,11 +472,10 @@ def _worker(  # noqa: PLR0917
     except (ValueError, TypeError, KeyError) as e:  # a factory's own message, e.g. "every: must be > 0"
         raise ctx.error(f"{key}.config", str(e) or type(e).__name__) from None
     except Exception as e:  # noqa: BLE001 - any failure of a factory is a config error naming the child
-        raise ctx.error(
-            f"{key}.config", f"the {name!r} worker rejected its settings ({type(e).__name__}: {e})"
-        ) from None
+        raise ctx.error(f"{key}.config", f"the {name!r} worker rejected its settings ({describe(e)})") from None
     if not callable(run):
         raise ctx.error(f"{key}.worker", f"the factory of {name!r} must return an async run(ctx) function")
+    ctx.collect(settings, f"{key}.config")
     extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
     entries[path] = ChildEntry(
         path=path, kind="worker", fingerprint=_fingerprint(table, set()), worker=name, settings=settings
@@ -463,6 +504,12 @@ def _env(ctx: _Ctx, value: Any, key: str) -> dict[str, str]:
     return value
 
 
+def _public_env(ctx: _Ctx, value: Any, key: str) -> set[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.error(key, f'must be an array of variable names (e.g. ["PORT", "LOG_LEVEL"]), got {kind_of(value)}')
+    return set(value)
+
+
 def _fingerprint(table: Mapping[str, Any], drop: set[str]) -> str:
     return json.dumps({k: v for k, v in table.items() if k not in drop}, sort_keys=True, default=str)
 
@@ -481,7 +528,7 @@ def parse_config(
     except RecursionError:
         raise ConfigError(file, "", f"tables or arrays nest too deeply (at most {MAX_NESTING} levels)") from None
     except Exception as e:  # noqa: BLE001 - the guard: an unforeseen failure is still a config error, not a crash
-        raise ConfigError(file, "", f"cannot be loaded ({type(e).__name__}: {e})") from None
+        raise ConfigError(file, "", f"cannot be loaded ({describe(e)})") from None
 
 
 def _parse(text: str, file: str, env: Mapping[str, str], factories: Mapping[str, WorkerFactory]) -> Config:
@@ -514,7 +561,14 @@ def _parse(text: str, file: str, env: Mapping[str, str], factories: Mapping[str,
     except SpecError as e:
         raise ctx.error(f"tree.{e.field}", e.reason) from None
     entries[""] = ChildEntry(path="", kind="supervisor", fingerprint=str(root_id), flags=flags)
-    return Config(file=file, daemon=daemon, tree=spec, entries=entries)
+    return Config(
+        file=file,
+        daemon=daemon,
+        tree=spec,
+        entries=entries,
+        secrets=frozenset(ctx.secrets),
+        warnings=tuple(ctx.warnings),
+    )
 
 
 def load_config(

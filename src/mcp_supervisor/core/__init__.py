@@ -14,6 +14,7 @@ from .errors import (
     Shutdown,
     SpecError,
     SupervisorError,
+    describe,
 )
 from .events import (
     ChildExited,
@@ -59,5 +60,5 @@ __all__ = [
     "ReadyCommand", "ReadyTCP", "Registry", "Restart", "RestartScheduled", "Shutdown", "ShutdownReport",
     "ShutdownTimeout", "SpecError", "SpecWarning", "StartFailed", "State", "Strategy", "Subscription",
     "Supervisor", "SupervisorError", "SupervisorFlags", "SupervisorSpec", "SupervisorStopped", "Tree",
-    "WorkerSpec", "add_restart",
+    "WorkerSpec", "add_restart", "describe",
 ]  # fmt: skip

@@ -91,3 +91,13 @@ class Shutdown(Exception):
     def __init__(self, reason: str = "shutdown") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception and its message, never empty (``TimeoutError`` has no message of its own);
+    ExceptionGroups are flattened to their leaves (trap T4)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    text = " ".join(str(exc).split())
+    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return out if len(out) <= 500 else out[:497] + "..."

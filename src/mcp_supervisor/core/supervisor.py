@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from .clock import LoopClock, wait_done
 from .context import ChildContext, current_child
-from .errors import FailedToStartChild, NoSuchPath, OperationError, Shutdown, SpecError
+from .errors import FailedToStartChild, NoSuchPath, OperationError, Shutdown, SpecError, describe
 from .events import (
     NORMAL,
     SHUTDOWN,
@@ -71,15 +71,6 @@ class _StartFailure(Exception):
     def __init__(self, reason: ExitReason) -> None:
         self.reason = reason
         super().__init__(str(reason))
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an exception; ExceptionGroups are flattened to their leaves (trap T4)."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in exc.exceptions)
-    text = str(exc)
-    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return out if len(out) <= 500 else out[:497] + "..."
 
 
 class Child:

@@ -11,12 +11,12 @@ from typing import Any
 
 from .clock import Clock, wait_done
 from .context import ChildContext
-from .errors import FailedToStartChild, OperationError, Shutdown
+from .errors import FailedToStartChild, OperationError, Shutdown, describe
 from .events import EventBus, ExitReason, SpecWarning
 from .mailbox import DEFAULT_CALL_TIMEOUT
 from .runtime import Runtime
 from .specs import ChildSpec, SupervisorSpec
-from .supervisor import Child, State, Supervisor, describe
+from .supervisor import Child, State, Supervisor
 
 
 @dataclass(frozen=True, slots=True)

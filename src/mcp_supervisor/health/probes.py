@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..core import describe
+
 Status = Literal["pass", "warn", "fail"]
 
 
@@ -53,7 +55,7 @@ async def run_check(
     except TimeoutError:
         status, output = "fail", f"timed out after {timeout:g}s"
     except Exception as e:  # noqa: BLE001 - a failing probe is an outcome
-        status, output = "fail", f"{type(e).__name__}: {e}"[:300]
+        status, output = "fail", describe(e)[:300]
     duration = time.perf_counter() - t0
     if result is not None and result.observed_value is not None:
         value, unit, measurement = result.observed_value, result.observed_unit, result.measurement

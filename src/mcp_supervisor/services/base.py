@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..core import ChildContext, Event, EventBus, NoSuchPath, NotRunning, SupervisorError
+from ..core import ChildContext, Event, EventBus, NoSuchPath, NotRunning, SupervisorError, describe
 from .events import ServiceOperation
 
 T = TypeVar("T")
@@ -68,13 +68,13 @@ async def retry_connect(
             return await connect()
         except (OSError, TimeoutError, ConnectionError) as e:
             if attempt == attempts:
-                raise ConnectionError(f"{what}: could not connect after {attempts} attempts: {e}") from e
+                raise ConnectionError(f"{what}: could not connect after {attempts} attempts: {describe(e)}") from e
         except Exception as e:
             name = type(e).__name__
             if "Connection" not in name and "CannotConnect" not in name and "Unavailable" not in name:
                 raise
             if attempt == attempts:
-                raise ConnectionError(f"{what}: could not connect after {attempts} attempts: {e}") from e
+                raise ConnectionError(f"{what}: could not connect after {attempts} attempts: {describe(e)}") from e
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(maximum, delay * 2)
     raise AssertionError("unreachable")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from ..core import ChildContext
+from ..core import ChildContext, describe
 from ..core.clock import Deadline
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult, Status
@@ -182,7 +182,7 @@ class Database:
                 f"(pool size {self.settings.pool_size})"
             ) from None
         except _CONNECTION_ERRORS as e:
-            raise ServiceUnavailable(f"database {self.settings.describe()} is unreachable: {e}") from e
+            raise ServiceUnavailable(f"database {self.settings.describe()} is unreachable: {describe(e)}") from e
         finally:
             deadline.disarm()
 
@@ -207,7 +207,7 @@ class Database:
             raise TimeoutError(f"query did not finish within {limit:g}s (statement_timeout)") from None
         except _CONNECTION_ERRORS as e:
             self._emit.query(sql, t0, "error")
-            raise ServiceUnavailable(f"database connection lost: {type(e).__name__}: {e}") from e
+            raise ServiceUnavailable(f"database connection lost: {describe(e)}") from e
         except Exception:
             self._emit.query(sql, t0, "error")
             raise

@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..core import ChildContext
+from ..core import ChildContext, describe
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
 from ..settings import Settings, read_secret_file
@@ -198,7 +198,7 @@ class Cache:
             self._emit.op(operation, started, "timeout" if isinstance(e, RedisTimeoutError) else "error")
             return ServiceUnavailable(f"redis {self.settings.describe()} is unreachable: {type(e).__name__}")
         self._emit.op(operation, started, "error")
-        return CacheError(f"redis {operation} failed: {e}")
+        return CacheError(f"redis {operation} failed: {describe(e)}")
 
     async def _call(self, operation: str, call: Awaitable[Any], **extra: Any) -> Any:
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ MIN_PART = 5 * 2**20
 MAX_PART = 5 * 2**30  # S3 limits: 5 MiB..5 GiB per part, 5 TiB per object
 MAX_OBJECT = 5 * 2**40
 MAX_KEY_BYTES = 1024
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_PRESIGN = 7 * 24 * 3600
 
 
@@ -111,6 +113,10 @@ class S3Settings:
         bucket = s.text("bucket", max_len=63)
         if not bucket:
             raise s.error("bucket", "required")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise s.error(
+                "bucket", f"must be 3-63 lowercase letters, digits, '.' or '-' (S3 bucket rules), got {bucket!r}"
+            )
         self.bucket = bucket
         if self.env == "prod" and not (self.access_key and self.secret_key):
             raise s.error("access_key", "required with secret_key when env = prod")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..core import ChildContext
+from ..core import ChildContext, describe
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
 from ..settings import Settings, read_small_file
@@ -389,7 +389,7 @@ async def _token_keeper(vault: Vault, settings: VaultSettings) -> None:
             await asyncio.sleep(max(0.1, ttl * 2 / 3 * random.uniform(0.9, 1.0)))
             await vault.renew_token()
         except (VaultError, ServiceUnavailable) as e:
-            vault.token_error = f"token renewal failed: {e}"
+            vault.token_error = f"token renewal failed: {describe(e)}"
             fresh = settings.read_token()  # a rotated credential file
             if fresh and fresh != vault.token:
                 vault.token = fresh
