@@ -330,3 +330,38 @@ async def test_exits_that_are_not_exceptions_are_abnormal_and_contained() -> Non
         assert reasons[1].detail == "KeyboardInterrupt"
         assert reasons[2].detail == "ValueError: v1; KeyError: 'k2'"
         assert "cancelled by something other than its supervisor" in reasons[3].detail
+
+
+@pytest.mark.parametrize(
+    ("strategy", "retry"),
+    [
+        # OTP restarts the whole one_for_all group on the next attempt: what the failed attempt started goes first
+        ("one_for_all", [("stop", "b"), ("stop", "a"), ("start", "a"), ("start", "b"), ("start", "c")]),
+        # rest_for_one resumes from the child that failed
+        ("rest_for_one", [("start", "c")]),
+    ],
+)
+async def test_a_group_restart_that_fails_midway_is_retried_as_otp_does(
+    strategy: str, retry: list[tuple[str, str]]
+) -> None:
+    tree, w, log, rec = build(strategy=strategy, intensity=10)
+    async with tree:
+        w["c"].fail_starts = 1
+        del log[:]
+        w["a"].end("crash")
+        await rec.wait(lambda e: isinstance(e, StartFailed) and e.path == "c")
+        await until(lambda: all(c["state"] == "running" for c in tree.status()["children"]), what="all running")
+        # a is the first child, so rest_for_one's first attempt is the whole group too
+        first = [("stop", "a"), ("stop", "c"), ("stop", "b"), ("start", "a"), ("start", "b"), ("start", "c")]
+        assert log == first + retry
+        assert len(tree.supervisor().restart_attempts) == 2  # the restart and its retry both count
+
+
+async def test_count_children_of_simple_one_for_one_counts_its_template_as_the_one_spec() -> None:
+    tpl = WorkerSpec(id="job", run=Scripted().run, restart="temporary")
+    tree = Tree(SupervisorSpec(id="root", flags=SupervisorFlags(strategy="simple_one_for_one"), children=[tpl]))
+    async with tree:
+        assert tree.count_children() == {"specs": 1, "active": 0, "supervisors": 0, "workers": 0}
+        await tree.start_child("", [])
+        await tree.start_child("", [])
+        assert tree.count_children() == {"specs": 1, "active": 2, "supervisors": 0, "workers": 2}

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..core import FailedToStartChild, NoSuchPath, OperationError, Tree
+from ..core import FailedToStartChild, NoSuchPath, NotRunning, OperationError, Tree
 from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, GuardedTCPSite, GuardedUnixSite
 from .openapi import OPENAPI
 
@@ -179,7 +179,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         except NoSuchPath as e:
             audit(request, f"{action} {path}", "not found")
             return _error(404, str(e))
-        except (OperationError, FailedToStartChild) as e:
+        except (OperationError, FailedToStartChild, NotRunning) as e:
             audit(request, f"{action} {path}", f"conflict: {e}")
             return _error(409, str(e))
         audit(request, f"{action} {path}", "ok")

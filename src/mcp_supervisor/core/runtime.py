@@ -60,7 +60,13 @@ class Runtime:
             raise NoSuchPath(path, "supervisor")
         for seg in [s for s in path.strip("/").split("/") if s]:
             child = sup.by_id.get(seg)
-            if child is None or not isinstance(child.handle, Supervisor) or child.task is None:
+            if (
+                child is None
+                or not isinstance(child.handle, Supervisor)
+                or child.task is None
+                or not child.alive
+                or not child.handle.running
+            ):
                 raise NoSuchPath(path, "running supervisor")
             sup = child.handle
         return sup

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from .clock import LoopClock, wait_done
 from .context import ChildContext, current_child
-from .errors import FailedToStartChild, NoSuchPath, OperationError, Shutdown, SpecError, describe
+from .errors import FailedToStartChild, NoSuchPath, NotRunning, OperationError, Shutdown, SpecError, describe
 from .events import (
     NORMAL,
     SHUTDOWN,
@@ -144,6 +144,7 @@ class Supervisor:
         self._inbox: deque[_Msg] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._done: ExitReason | None = None
+        self._closed = False  # stopping or stopped: every request fails at once (OTP answers noproc)
         self._seq = 0
         self._dynamic = spec.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE
 
@@ -181,11 +182,12 @@ class Supervisor:
                 msg = await self._next()
                 await self._dispatch(msg)
             raise Shutdown(self._done.detail)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # our parent is stopping us (or the tree is stopping)
+            self._close()
             await self._stop_all()
             raise
         finally:
-            self._fail_requests()
+            self._close()
 
     async def _next(self) -> _Msg:
         while not self._inbox:
@@ -202,11 +204,25 @@ class Supervisor:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _fail_requests(self) -> None:
+    @property
+    def running(self) -> bool:
+        """False from the moment it starts stopping: requests to it then fail at once with NotRunning."""
+        return not self._closed
+
+    def _not_running(self) -> NotRunning:
+        return NotRunning(f"supervisor {self.path or '/'!r} is stopping or has stopped")
+
+    def _close(self) -> None:
+        """Stop accepting requests; fail the queued ones now rather than after the children have stopped."""
+        self._closed = True
+        kept: deque[_Msg] = deque()
         for msg in self._inbox:
-            if isinstance(msg, _Request) and not msg.reply.done():
-                msg.reply.set_exception(NoSuchPath(self.path or "/", "running supervisor"))
-        self._inbox.clear()
+            if isinstance(msg, _Request):
+                if not msg.reply.done():
+                    msg.reply.set_exception(self._not_running())
+            else:
+                kept.append(msg)
+        self._inbox = kept
 
     async def _dispatch(self, msg: _Msg) -> None:
         match msg:
@@ -227,7 +243,7 @@ class Supervisor:
                     result = await op()
                 except asyncio.CancelledError:
                     if not reply.done():
-                        reply.set_exception(OperationError(f"{self.path or '/'}: supervisor stopped meanwhile"))
+                        reply.set_exception(self._not_running())
                     raise
                 except Exception as e:  # noqa: BLE001 - an operation error goes back to its caller
                     if not reply.done():
@@ -378,6 +394,7 @@ class Supervisor:
         return self._window.attempts
 
     async def _give_up(self, reason: ExitReason) -> None:
+        self._close()
         await self._stop_all()
         self._done = reason
         if self.rt.bus.active:
@@ -437,11 +454,16 @@ class Supervisor:
         at = self.rt.clock.now() + delay
         for c in group:
             c.token = token
-            c.state = State.RESTARTING
             c.next_restart_at = at
+            if not c.alive:  # a one_for_all retry stops its running members only when it is due
+                c.state = State.RESTARTING
         self.rt.clock.call_later(delay, lambda: self._post(_RestartDue(token)))
 
     async def _start_group(self, group: list[Child]) -> None:
+        if self.flags.strategy is Strategy.ONE_FOR_ALL:
+            for c in reversed(group):  # members a failed attempt had started go too, in reverse order
+                if c.alive:
+                    await self._stop_child(c)
         for i, c in enumerate(group):
             if self.by_id.get(c.id) is not c or c.alive:
                 continue
@@ -452,19 +474,25 @@ class Supervisor:
                 return
 
     async def _retry_after_failure(self, group: list[Child], i: int) -> None:
-        """A start in ``group`` failed at ``i``: count the attempt, then retry from there (resume, not redo)."""
+        """A start in ``group`` failed at ``i``: count the attempt, then try again after queued requests.
+
+        one_for_all restarts the whole group next time (OTP's ``restart(one_for_all, ...)`` terminates the children
+        the failed attempt had started); one_for_one and rest_for_one resume from the child that failed.
+        """
         if not self._count_restart():
             await self._intensity_exceeded()
             return
         c = group[i]
-        rest = [r for r in group[i:] if self.by_id.get(r.id) is r]
-        for r in rest:
-            r.state = State.RESTARTING
+        retry = group if self.flags.strategy is Strategy.ONE_FOR_ALL else group[i:]
+        retry = [r for r in retry if self.by_id.get(r.id) is r]
+        for r in retry:
+            if not r.alive:
+                r.state = State.RESTARTING
         if c.spec.backoff is not None:
-            await self._schedule(rest, c)
+            await self._schedule(retry, c)
         else:
             token = object()
-            for r in rest:
+            for r in retry:
                 r.token = token
             self._post(_RestartDue(token))  # retry after queued requests: stay responsive
 
@@ -549,8 +577,8 @@ class Supervisor:
 
     # -- runtime operations (run inside the supervisor's task) --------------------------------------------
     async def _request(self, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        if self._done is not None:
-            raise NoSuchPath(self.path or "/", "running supervisor")
+        if self._closed:
+            raise self._not_running()
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._post(_Request(op, reply))
         return await reply
@@ -583,8 +611,7 @@ class Supervisor:
             try:
                 await self._start(child)
             except _StartFailure as e:
-                if self._dynamic or spec.restart is Restart.TEMPORARY:
-                    self._remove(child)
+                self._remove(child)  # OTP discards the spec of a child whose start_child failed
                 raise FailedToStartChild(child.path, str(e.reason)) from None
             return child
 
@@ -697,20 +724,28 @@ class Supervisor:
         await self._request(op)
 
     def which_children(self) -> list[dict[str, Any]]:
+        if self._closed:
+            raise self._not_running()
         return [
             {"id": c.id, "path": c.path, "kind": c.spec.kind, "state": str(c.state), "pid": c.pid}
             for c in self.children
         ]
 
     def count_children(self) -> dict[str, int]:
+        """OTP's counts: a simple_one_for_one supervisor has one spec (its template), however many children."""
+        if self._closed:
+            raise self._not_running()
+        supervisors = sum(1 for c in self.children if c.spec.kind == "supervisor")
         return {
-            "specs": len(self.children),
+            "specs": 1 if self._dynamic else len(self.children),
             "active": sum(1 for c in self.children if c.state is State.RUNNING),
-            "supervisors": sum(1 for c in self.children if c.spec.kind == "supervisor"),
-            "workers": sum(1 for c in self.children if c.spec.kind != "supervisor"),
+            "supervisors": supervisors,
+            "workers": len(self.children) - supervisors,
         }
 
     def get_childspec(self, child_id: str) -> ChildSpec:
+        if self._closed:
+            raise self._not_running()
         return self._get(child_id).spec
 
     @property
