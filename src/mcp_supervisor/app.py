@@ -19,7 +19,7 @@ from .core import FailedToStartChild, State, SupervisorSpec, Tree, describe
 from .settings import read_small_file
 from .systemd import Notifier
 from .telemetry.events import log_events
-from .telemetry.logs import REDACTOR, configure, get_logger
+from .telemetry.logs import REDACTOR, LineWriter, close_writers, configure, get_logger
 from .telemetry.metrics import DaemonMetrics
 
 EXIT_OK = 0
@@ -50,6 +50,7 @@ class Daemon:
         self.admin: AdminServer | None = None
         self.state: AdminState | None = None
         self.metrics = DaemonMetrics(lambda: self.tree.status() if self.tree is not None else None)
+        self.writer: LineWriter | None = None
         self._stop = asyncio.Event()
         self._secrets: frozenset[str] | set[str] = frozenset()
         self._reload_lock = asyncio.Lock()
@@ -75,13 +76,15 @@ class Daemon:
         try:
             cfg, token = self.load()
         except ConfigError as e:
-            configure("info", "auto", stdlib=True)
+            configure("info", "auto", stdlib=True, threaded=True)
             get_logger().error("invalid config", error=str(e))
             self.notifier.send(STATUS=f"invalid config: {e}", ERRNO=EXIT_CONFIG)
             return EXIT_CONFIG
         self._secrets = cfg.secrets | ({token} if token else set())
         REDACTOR.update(self._secrets)
-        configure(cfg.daemon.log_level, cfg.daemon.log_format, redactor=REDACTOR, stdlib=True)
+        self.writer = configure(
+            cfg.daemon.log_level, cfg.daemon.log_format, redactor=REDACTOR, stdlib=True, threaded=True
+        )
         faulthandler.enable()
         self.log = get_logger()
         self.config = cfg
@@ -169,6 +172,8 @@ class Daemon:
         if self.tree is not None:
             dropped = sum(s.dropped for s in self.tree.bus._subs)
             self.metrics.events_dropped.set(dropped)
+        if self.writer is not None:
+            self.metrics.log_lines_dropped.set(self.writer.dropped)
         return self.metrics.render()
 
     def _summary(self, prefix: str) -> str:
@@ -287,5 +292,8 @@ def run_daemon(config_path: str | None) -> int:
         factory: Any = uvloop.new_event_loop
     except ImportError:
         factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(Daemon(config_path).run())
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(Daemon(config_path).run())
+    finally:
+        close_writers()  # the last lines (the stop report) reach stdout before we exit

@@ -3,16 +3,22 @@
 Every line the daemon writes goes through one pipeline and one redaction step — our own events and every library's
 log records alike (aiohttp, asyncpg, botocore, redis-py, asyncio), plus warnings, unraisable exceptions and
 exceptions escaping threads — so all of it is in the configured format and none of it carries a secret.
+
+Lines are written by a thread (:class:`LineWriter`), never by the event loop: stdout under systemd is a pipe to
+journald, and a journald slower than a crash storm's log rate would otherwise block the loop on every line —
+restarts, the admin port and SIGTERM slowed to the pace of the log reader. When the writer falls too far behind,
+lines are dropped, counted, and announced in the next line written.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import threading
 from collections.abc import MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -27,6 +33,89 @@ _QUIET = {"aiohttp.access": logging.WARNING, "botocore": logging.WARNING, "aiobo
 
 REDACTOR = Redactor()
 """The process's redactor: the daemon updates its secrets on every (re)load; tests may replace them."""
+WRITER_CAPACITY = 20_000  # lines waiting for the writer thread before new ones are dropped
+
+
+class LineWriter:
+    """A file-like sink whose ``write`` never blocks: a thread writes what it is given, in order.
+
+    ``write`` takes whole lines (structlog and logging write one line per call). Beyond ``capacity`` waiting lines,
+    new ones are dropped and counted (``dropped``); the writer announces how many through ``notice`` before the
+    next line it writes. ``close`` flushes what is queued, within a bound.
+    """
+
+    def __init__(self, stream: Any, capacity: int = WRITER_CAPACITY) -> None:
+        self.stream = stream
+        self.capacity = capacity
+        self.dropped = 0
+        self.notice: Any = lambda n: f"{n} log lines were dropped: the log reader (stdout) was too slow\n"
+        self._lines: collections.deque[str] = collections.deque()
+        self._unreported = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="mcp-log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> int:
+        with self._cond:
+            if len(self._lines) >= self.capacity:
+                self.dropped += 1
+                self._unreported += 1
+                return 0
+            self._lines.append(text)
+            if len(self._lines) == 1:
+                self._cond.notify()
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are flushed by the writer thread as it writes them."""
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._lines and not self._closing:
+                    self._cond.wait()
+                if not self._lines and self._closing:
+                    return
+                batch = list(self._lines)
+                self._lines.clear()
+                lost, self._unreported = self._unreported, 0
+            text = (self.notice(lost) if lost else "") + "".join(batch)
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # stdout closed: nothing more can be written anywhere
+                with self._cond:
+                    self._closing = True
+                    self._lines.clear()
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (at most ``timeout`` seconds), then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+
+_WRITERS: dict[int, LineWriter] = {}
+
+
+def writer_for(stream: Any) -> LineWriter:
+    """The one writer of ``stream`` (each stream gets a single thread, whoever configures logging)."""
+    found = _WRITERS.get(id(stream))
+    if found is None or found.stream is not stream:
+        found = _WRITERS[id(stream)] = LineWriter(stream)
+    return found
+
+
+def close_writers(timeout: float = 2.0) -> None:
+    for w in list(_WRITERS.values()):
+        w.close(timeout)
+    _WRITERS.clear()
 
 
 def add_child(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -63,13 +152,16 @@ def configure(
     redactor: Redactor | None = None,
     *,
     stdlib: bool = False,
-) -> None:
+    threaded: bool = False,
+) -> LineWriter | None:
     """``fmt``: json | console | auto (console on a TTY, JSON otherwise).
 
     ``stdlib``: also take over the standard library's logging (every library's records), warnings, and the hooks
-    through which Python prints stray exceptions — what the daemon does; tests leave those to pytest.
+    through which Python prints stray exceptions. ``threaded``: write through a :class:`LineWriter` (returned).
+    The daemon asks for both; tests leave them to pytest.
     """
     out = stream if stream is not None else sys.stdout
+    writer = writer_for(out) if threaded else None
     use_console = fmt == "console" or (fmt == "auto" and hasattr(out, "isatty") and out.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer(default=str)
     redact = _redactor(redactor if redactor is not None else REDACTOR)
@@ -85,11 +177,20 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=(
+            structlog.WriteLoggerFactory(cast(TextIO, writer))
+            if writer is not None
+            else structlog.PrintLoggerFactory(out)
+        ),
         cache_logger_on_first_use=False,
     )
+    if writer is not None:
+        writer.notice = lambda n: renderer(None, "warning", {
+            "event": "log lines dropped: the log reader (stdout) was too slow", "dropped": n, "level": "warning",
+            "ts": stamp(None, "", {})["ts"]}) + "\n"  # fmt: skip
     if stdlib:
-        _take_over_stdlib(out, level, renderer, redact, stamp)
+        _take_over_stdlib(writer if writer is not None else out, level, renderer, redact, stamp)
+    return writer
 
 
 def _take_over_stdlib(out: Any, level: str, renderer: Any, redact: Any, stamp: Any) -> None:

@@ -68,6 +68,9 @@ class DaemonMetrics:
         self.events_dropped = Gauge(
             "mcp_events_dropped", "Events the log subscriber dropped (it was too slow)", registry=self.registry
         )
+        self.log_lines_dropped = Gauge(
+            "mcp_log_lines_dropped", "Log lines dropped because stdout was read too slowly", registry=self.registry
+        )
         self.admin_requests = Counter(
             "mcp_admin_mutations", "Mutating admin requests by outcome", ["outcome"], registry=self.registry
         )
