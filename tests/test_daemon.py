@@ -272,3 +272,60 @@ def test_health_endpoints_read_the_health_monitor(daemons: list[Daemon], tmp_pat
     assert 'mcp_health_check_status{check="svc:responseTime"} 0.0' in d.metrics()
     events = [e for e in d.log_events() if e.get("event") == "health changed"]
     assert [(e["previous"], e["current"]) for e in events] == [("unknown", "healthy"), ("healthy", "unhealthy")]
+
+
+# a child that starts a grandchild in a session of its own, then waits: the grandchild is not in the child's group
+ESCAPER = 'command = ["sh", "-c", "setsid sleep 1000 & wait"]'
+
+
+def escapee_of(d: Daemon, path: str) -> int:
+    pids = wait_until(lambda: d.node(path).get("escaped_pids"), 20, f"an escapee of {path} seen")
+    assert len(pids) == 1 and alive(pids[0])
+    return int(pids[0])
+
+
+def test_a_process_that_left_its_group_is_killed_when_its_child_restarts(daemons: list[Daemon], tmp_path: Path) -> None:
+    d = start(daemons, tmp_path, f'[tree]\n[[tree.children]]\nid = "a"\n{ESCAPER}\n')
+    leader = d.node("a")["pid"]
+    escapee = escapee_of(d, "a")
+    assert int(subprocess.check_output(["ps", "-o", "pgid=", "-p", str(escapee)])) != leader  # really escaped
+    os.kill(leader, signal.SIGKILL)
+    wait_until(lambda: not alive(escapee), 20, "the escapee killed with its child")
+    second = escapee_of(d, "a")  # the restarted child's own escapee
+    assert d.stop() == 0
+    assert not alive(second)
+    assert any(e.get("event") == "killed a process that had left its child's process group" for e in d.log_events())
+
+
+def test_kill_9_of_the_daemon_also_kills_processes_that_left_their_group(daemons: list[Daemon], tmp_path: Path) -> None:
+    d = start(daemons, tmp_path, f'[tree]\n[[tree.children]]\nid = "a"\n{ESCAPER}\n')
+    leader = d.node("a")["pid"]
+    escapee = escapee_of(d, "a")
+    d.proc.kill()
+    d.proc.wait()
+    wait_until(lambda: not alive(leader) and not alive(escapee), 20, "child and escapee gone")
+
+
+def test_an_orphan_reparented_to_the_daemon_does_not_outlive_it(daemons: list[Daemon], tmp_path: Path) -> None:
+    # the intermediate shell exits at once: its setsid'd sleep is re-parented to the daemon (a child subreaper)
+    toml = '[tree]\n[[tree.children]]\nid = "a"\ncommand = ["sh", "-c", "(setsid sleep 1000 &); exec sleep 1000"]\n'
+    d = start(daemons, tmp_path, toml)
+    orphan = wait_until(
+        lambda: next((p for p in _children_of(d.proc.pid) if _comm(p) == "sleep" and p != d.node("a")["pid"]), None),
+        20,
+        "the orphan re-parented to the daemon",
+    )
+    assert d.stop() == 0
+    assert not alive(orphan)
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

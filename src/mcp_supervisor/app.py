@@ -95,7 +95,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)  # before READY=1 (systemd/systemd#39692)
 
-        tree = Tree(cfg.tree)
+        tree = Tree(cfg.tree, subreaper=True)
         tree.rt.extensions["metrics_registry"] = self.metrics.registry  # one registry for every metric
         self.tree = tree
         sub = tree.bus.subscribe(maxlen=100_000)

@@ -166,10 +166,10 @@ async def test_pool_exhaustion_is_a_fast_counted_error(pg: PgServer) -> None:
     async with db_tree(pg, pool_size=1, acquire_timeout=0.2) as tree:
         db = await handle(tree)
         async with db.acquire():
-            t0 = time.monotonic()
+            # the message names the 0.2 s deadline that fired; the outer bound only guards against a hang
             with pytest.raises(PoolExhausted, match=r"no database connection free within 0\.2s"):
-                await db.fetchval("SELECT 1")
-            assert time.monotonic() - t0 < 2
+                async with asyncio.timeout(30):
+                    await db.fetchval("SELECT 1")
         assert db.stats()["acquire_timeouts"] == 1
         probe = await db.probe()
         assert probe is not None and probe.status == "pass"
@@ -213,7 +213,7 @@ async def test_server_killed_mid_traffic_fast_errors_restart_with_backoff_then_r
         failing = results[mark:]
         assert all(r != "ok" for _, r in failing[5:])
         assert any(r.startswith("unavailable") for _, r in failing)
-        assert max(d for d, _ in failing) < 3.0  # fast, clear errors: never a hang
+        assert max(d for d, _ in failing) < 30  # clear errors, never a hang (the longest timeout in play is 2 s)
         assert tree.status()["children"][1]["restarts"] == 0, tree.status()["children"][1]["last_exit"]  # untouched
         pg.start()
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "db" and e.restarts >= 1, timeout=30)
@@ -226,8 +226,8 @@ async def test_command_timeouts_cancel_the_query_and_the_connection_stays_usable
         db = await handle(tree)
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match=r"within 0\.3s"):
-            await db.fetchval("SELECT pg_sleep(5)")
-        assert time.monotonic() - t0 < 2
+            await db.fetchval("SELECT pg_sleep(60)")
+        assert time.monotonic() - t0 < 30  # cancelled, not waited out
         assert await db.fetchval("SELECT 1") == 1  # the single connection was cleaned up, not left busy
         assert await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'") == 0
         async with db.acquire() as conn:  # handed-out connections: the server's statement_timeout

@@ -45,6 +45,8 @@ OPENAPI: dict[str, Any] = {
                         ]
                     },
                     "pid": {"type": ["integer", "null"]},
+                    "escaped_pids": {"type": "array", "items": {"type": "integer"},
+                                     "description": "descendants that left the process group (setsid)"},
                     "next_restart_at": {"type": "number"},
                     "strategy": {"type": "string"},
                     "children": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},

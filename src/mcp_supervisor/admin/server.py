@@ -25,6 +25,7 @@ from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, GuardedTCPSite
 from .openapi import OPENAPI
 
 MAX_BODY = 16 * 1024
+_BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])  # reloads accepted with wait=0
 HEALTH_JSON = "application/health+json"
 
 
@@ -194,8 +195,8 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         wait = request.query.get("wait", "1") not in ("0", "false", "no")
         if not wait:
             task = asyncio.ensure_future(state.reload())
-            app["background"].add(task)
-            task.add_done_callback(app["background"].discard)
+            app[_BACKGROUND].add(task)
+            task.add_done_callback(app[_BACKGROUND].discard)
             audit(request, "reload", "accepted")
             return _json({"accepted": True}, 202)
         result = await state.reload()
@@ -212,7 +213,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         audit(request, "health check", "ok")
         return _json(await monitor.check_now(), 200, HEALTH_JSON)
 
-    app["background"] = set()
+    app[_BACKGROUND] = set()
     app.router.add_get("/status", status)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
@@ -267,7 +268,9 @@ class AdminServer:
         self.address = address
         self.limits = limits if limits is not None else ConnectionLimits()
         hosts = None if (allow_remote or address.startswith("unix:")) else allowed_hosts(address)
-        self._runner = web.AppRunner(build_app(state, hosts), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            build_app(state, hosts), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -276,12 +279,12 @@ class AdminServer:
             path = self.address[5:]
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # a stale socket from a previous run
-            site = GuardedUnixSite(self._runner, path, self.limits, shutdown_timeout=2.0)
+            site = GuardedUnixSite(self._runner, path, self.limits)
             await site.start()
             os.chmod(path, 0o660)
         else:
             host, _, port = self.address.rpartition(":")
-            site = GuardedTCPSite(self._runner, host.strip("[]"), int(port), self.limits, shutdown_timeout=2.0)
+            site = GuardedTCPSite(self._runner, host.strip("[]"), int(port), self.limits)
             await site.start()
 
     async def stop(self) -> None:

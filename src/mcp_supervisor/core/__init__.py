@@ -20,6 +20,7 @@ from .events import (
     ChildExited,
     ChildStarted,
     ChildUnstopped,
+    EscapeeKilled,
     Event,
     EventBus,
     ExitReason,
@@ -54,11 +55,11 @@ from .tree import ShutdownReport, Tree
 
 __all__ = [
     "BRUTAL_KILL", "INFINITY", "AutoShutdown", "Backoff", "Call", "CallError", "CallTimeout", "CalleeExited",
-    "Cast", "ChildContext", "ChildExited", "ChildSpec", "ChildStarted", "ChildUnstopped", "Clock", "Event",
-    "EventBus", "ExitReason", "FailedToStartChild", "IntensityExceeded", "LoopClock", "Mailbox", "MailboxFull",
-    "ManualClock", "Message", "NoSuchPath", "NotRunning", "OperationError", "ProcessOutput", "ProcessSpec",
-    "ReadyCommand", "ReadyTCP", "Registry", "Restart", "RestartScheduled", "Shutdown", "ShutdownReport",
-    "ShutdownTimeout", "SpecError", "SpecWarning", "StartFailed", "State", "Strategy", "Subscription",
-    "Supervisor", "SupervisorError", "SupervisorFlags", "SupervisorSpec", "SupervisorStopped", "Tree",
+    "Cast", "ChildContext", "ChildExited", "ChildSpec", "ChildStarted", "ChildUnstopped", "Clock", "EscapeeKilled",
+    "Event", "EventBus", "ExitReason", "FailedToStartChild", "IntensityExceeded", "LoopClock", "Mailbox",
+    "MailboxFull", "ManualClock", "Message", "NoSuchPath", "NotRunning", "OperationError", "ProcessOutput",
+    "ProcessSpec", "ReadyCommand", "ReadyTCP", "Registry", "Restart", "RestartScheduled", "Shutdown",
+    "ShutdownReport", "ShutdownTimeout", "SpecError", "SpecWarning", "StartFailed", "State", "Strategy",
+    "Subscription", "Supervisor", "SupervisorError", "SupervisorFlags", "SupervisorSpec", "SupervisorStopped", "Tree",
     "WorkerSpec", "add_restart", "describe",
 ]  # fmt: skip

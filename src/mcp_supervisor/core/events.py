@@ -98,6 +98,13 @@ class ProcessOutput(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EscapeeKilled(Event):
+    """A process that had left its OS child's process group (``setsid``) was killed with that child."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SpecWarning(Event):
     message: str
 

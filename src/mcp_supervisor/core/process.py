@@ -27,6 +27,7 @@ from .specs import ProcessSpec, ReadyCommand, ReadyTCP
 
 if TYPE_CHECKING:
     from .context import ChildContext
+    from .escapes import Escapes
     from .events import EventBus
     from .runtime import Runtime
     from .supervisor import Child
@@ -90,29 +91,85 @@ def child_env(spec: ProcessSpec) -> dict[str, str]:
 
 
 _GUARDIAN_SRC = r"""
-import os, signal, sys
+import os, select, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+daemon, me = os.getppid(), os.getpid()
 groups = set()
-for line in sys.stdin.buffer:
-    line = line.strip()
+known = {}  # every descendant of the daemon at the last scan: pid -> start time
+told = {}  # escapees the daemon told us about: pid -> start time
+
+def stat(pid):
     try:
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-    except ValueError:
-        pass
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    return int(rest[1]), int(rest[19])
+
+def scan():
+    kids = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = stat(int(name))
+            if st is not None:
+                kids.setdefault(st[0], []).append((int(name), st[1]))
+    found, stack = {}, [daemon]
+    while stack:
+        for pid, start in kids.get(stack.pop(), ()):
+            if pid != me and pid not in found:
+                found[pid] = start
+                stack.append(pid)
+    return found
+
+fd, buf, last = sys.stdin.buffer.fileno(), b"", 0.0
+while True:
+    now = time.monotonic()
+    if now - last >= 0.5:
+        known, last = scan(), now
+    ready, _, _ = select.select([fd], [], [], 0.5)
+    if not ready:
+        continue
+    chunk = os.read(fd, 65536)
+    if not chunk:
+        break
+    *lines, buf = (buf + chunk).split(b"\n")
+    for line in lines:
+        try:
+            if line[:2] == b"+p":  # an escapee the daemon attributed: pid:start
+                pid, start = line[2:].split(b":")
+                told[int(pid)] = int(start)
+            elif line[:2] == b"-p":
+                told.pop(int(line[2:]), None)
+            elif line[:1] == b"+":
+                groups.add(int(line[1:]))
+            elif line[:1] == b"-":
+                groups.discard(int(line[1:]))
+        except ValueError:
+            pass
 for g in groups:
     try:
         os.killpg(g, signal.SIGKILL)
     except OSError:
         pass
+known.update(told)
+for pid, start in known.items():  # descendants that left their group (setsid) too, if still the same process
+    st = stat(pid)
+    if st is not None and st[1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 """
 
 
 class Guardian:
-    """A helper process that SIGKILLs every registered process group when the daemon's end of its pipe closes."""
+    """A helper process that SIGKILLs what the daemon leaves behind when the daemon's end of its pipe closes.
+
+    That is every registered process group, and every descendant of the daemon it saw in its last scan of
+    ``/proc`` (it scans every 0.5 s, so processes that left their group with ``setsid`` go too).
+    """
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
@@ -144,6 +201,13 @@ class Guardian:
     def unregister(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
 
+    def register_pid(self, pid: int, start: int) -> None:
+        """A process outside every registered group (an escapee); ``start`` guards against pid reuse."""
+        self._send(f"+p{pid}:{start}\n")
+
+    def unregister_pid(self, pid: int) -> None:
+        self._send(f"-p{pid}\n")
+
     def close(self) -> None:
         """Close the pipe (the guardian kills what is still registered, then exits) and reap it."""
         if self._popen.stdin is not None:
@@ -163,8 +227,16 @@ def _signal_name(sig: int) -> str:
 class OsProcess:
     """One running OS process (the leader of its own process group and session)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], path: str, bus: EventBus, guardian: Guardian | None) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        path: str,
+        bus: EventBus,
+        guardian: Guardian | None,
+        escapes: Escapes | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
+        self._escapes = escapes
         self._loop = loop
         self._popen = popen
         self.pid = popen.pid
@@ -185,9 +257,13 @@ class OsProcess:
                 loop.add_reader(fd, self._on_output, fd)
         if guardian is not None:
             guardian.register(self.pgid)
+        if escapes is not None:
+            escapes.spawned(self.pid, path)
 
     @classmethod
-    def spawn(cls, spec: ProcessSpec, path: str, bus: EventBus, guardian: Guardian | None) -> OsProcess:
+    def spawn(
+        cls, spec: ProcessSpec, path: str, bus: EventBus, guardian: Guardian | None, escapes: Escapes | None = None
+    ) -> OsProcess:
         env = child_env(spec)
         resolve_program(spec, env)  # a clear start failure now, not an exit code from the exec later
         argv, preexec = _with_pdeathsig(spec.command)
@@ -202,7 +278,7 @@ class OsProcess:
             close_fds=True,
             preexec_fn=preexec,  # noqa: PLW1509 - prctl only, no locks taken; None when setpriv does it
         )
-        return cls(popen, path, bus, guardian)
+        return cls(popen, path, bus, guardian, escapes)
 
     # -- output --------------------------------------------------------------------------------------------
     def _on_output(self, fd: int) -> None:
@@ -286,6 +362,8 @@ class OsProcess:
         self._drain()
         if self._guardian is not None:
             self._guardian.unregister(self.pgid)
+        if self._escapes is not None:
+            self._escapes.ended(self.pid)
         self.exited.set_result(code)
 
     def _signal(self, sig: int) -> None:
@@ -374,7 +452,7 @@ async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec
 
 async def run_process(spec: ProcessSpec, child: Child, ctx: ChildContext, rt: Runtime) -> ExitReason:
     """The body of a process child's task: spawn, wait for readiness, report ready, wait for exit."""
-    proc = OsProcess.spawn(spec, child.path, rt.bus, rt.get_guardian())
+    proc = OsProcess.spawn(spec, child.path, rt.bus, rt.get_guardian(), rt.escapes)
     child.proc = proc
     child.pid = proc.pid
     try:

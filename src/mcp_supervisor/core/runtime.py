@@ -13,6 +13,7 @@ from .events import EventBus
 from .mailbox import Mailbox, Registry
 
 if TYPE_CHECKING:
+    from .escapes import Escapes
     from .process import Guardian
     from .supervisor import Child, Supervisor
 
@@ -30,6 +31,7 @@ class Runtime:
         self.root: Supervisor | None = None
         self.unstopped: list[str] = []
         self.guardian: Guardian | None = None
+        self.escapes: Escapes | None = None  # set when the tree runs as a child subreaper
         self._handle_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.extensions: dict[str, Any] = {}  # shared objects the composition root hands to workers
 
@@ -44,6 +46,10 @@ class Runtime:
             from .process import Guardian
 
             self.guardian = Guardian.start()
+            if self.escapes is not None:
+                self.escapes.exclude.add(self.guardian.pid)
+                self.escapes.on_escape = self.guardian.register_pid
+                self.escapes.on_gone = self.guardian.unregister_pid
         return self.guardian
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 from .clock import Clock, wait_done
 from .context import ChildContext
 from .errors import FailedToStartChild, OperationError, Shutdown, describe
-from .events import EventBus, ExitReason, SpecWarning
+from .escapes import Escapes, become_subreaper
+from .events import EscapeeKilled, EventBus, ExitReason, SpecWarning
 from .mailbox import DEFAULT_CALL_TIMEOUT
 from .runtime import Runtime
 from .specs import ChildSpec, SupervisorSpec
@@ -54,13 +55,17 @@ class Tree:
         clock: Clock | None = None,
         bus: EventBus | None = None,
         rand: random.Random | None = None,
+        subreaper: bool = False,
     ) -> None:
+        """``subreaper``: make this process a child subreaper and stop OS children's escaped descendants with them
+        (``core.escapes``); for a daemon that owns its process, not for a library inside someone else's."""
         if not isinstance(spec, SupervisorSpec):
             raise TypeError(f"Tree needs a SupervisorSpec, got {type(spec).__name__}")
         self.spec = spec
         self.rt = Runtime(clock=clock, bus=bus, rand=rand)
         self._root = _Root()
         self._sup: Supervisor | None = None
+        self._subreaper = subreaper
 
     @property
     def bus(self) -> EventBus:
@@ -80,6 +85,14 @@ class Tree:
         loop = asyncio.get_running_loop()
         for msg in _all_warnings(self.spec):
             rt.bus.emit(SpecWarning(path="", message=msg))
+        if self._subreaper and become_subreaper():
+
+            def killed(path: str, pid: int) -> None:
+                if rt.bus.active:
+                    rt.bus.emit(EscapeeKilled(path=path, pid=pid))
+
+            rt.escapes = Escapes(on_kill=killed)
+            rt.escapes.start()
         sup = Supervisor(self.spec, "", rt)
         self._sup = sup
         rt.root = sup
@@ -139,6 +152,8 @@ class Tree:
                 root.stopping = True
                 root.task.cancel()
                 await wait_done(self.rt.clock, root.exit_fut, None)
+        if self.rt.escapes is not None:
+            await self.rt.escapes.stop()
         self.rt.close()
         return ShutdownReport(tuple(self.rt.unstopped), time.monotonic() - began)
 
@@ -212,12 +227,14 @@ class Tree:
             "uptime_s": round(clock_now - self._root.started_at, 3) if root_state == "running" else 0.0,
             "last_exit": None,
             "strategy": str(self.spec.flags.strategy),
-            "children": [_node(c, clock_now, wall_now) for c in sup.children] if sup is not None else [],
+            "children": [_node(c, clock_now, wall_now, self.rt.escapes) for c in sup.children]
+            if sup is not None
+            else [],
         }
         return node
 
 
-def _node(c: Child, clock_now: float, wall_now: float) -> dict[str, Any]:
+def _node(c: Child, clock_now: float, wall_now: float, escapes: Escapes | None = None) -> dict[str, Any]:
     node: dict[str, Any] = {
         "id": c.id,
         "path": c.path,
@@ -233,12 +250,14 @@ def _node(c: Child, clock_now: float, wall_now: float) -> dict[str, Any]:
     }
     if c.spec.kind == "process":
         node["pid"] = c.pid if c.alive else None
+        if escapes is not None and c.alive and c.pid is not None and (escaped := escapes.of(c.pid)):
+            node["escaped_pids"] = escaped
     if c.state is State.RESTARTING and c.next_restart_at is not None:
         node["next_restart_at"] = round(wall_now + (c.next_restart_at - clock_now), 3)
     if isinstance(c.spec, SupervisorSpec):
         node["strategy"] = str(c.spec.flags.strategy)
         sub = c.handle if isinstance(c.handle, Supervisor) and c.alive else None
-        node["children"] = [_node(g, clock_now, wall_now) for g in sub.children] if sub is not None else []
+        node["children"] = [_node(g, clock_now, wall_now, escapes) for g in sub.children] if sub is not None else []
     return node
 
 

@@ -30,6 +30,32 @@ class ServiceUnavailable(ServiceError):
     """The service is not running (restarting, stopped) or lost its server; retry later."""
 
 
+class Handle:
+    """What every service handle shares: it knows when its worker has stopped.
+
+    A handle outlives its worker when a caller holds it across a restart (``service()`` references resolve a fresh
+    one per call, but a call already in flight keeps the old one). Its client is closed then, and the client's own
+    error for that says nothing useful; a call on a closed handle, or one that fails because the handle closed under
+    it, is :class:`ServiceUnavailable`.
+    """
+
+    closed = False
+    service_name = "service"
+
+    def unavailable(self, what: str) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"the {self.service_name} worker stopped (restarting or removed) during {what}; call again to use its "
+            "new incarnation"
+        )
+
+    def check_open(self, what: str, pending: object = None) -> None:
+        """Raise ServiceUnavailable when closed; ``pending`` (a coroutine made for the call) is closed unawaited."""
+        if self.closed:
+            if asyncio.iscoroutine(pending):
+                pending.close()
+            raise self.unavailable(what)
+
+
 class Emitter:
     """Times operations and emits :class:`ServiceOperation` events (only when someone listens)."""
 

@@ -32,7 +32,7 @@ from ..core import ChildContext, describe
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
 from ..settings import Settings, read_secret_file
-from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
+from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
 
 
@@ -176,8 +176,10 @@ class _Reconnects:
         self.count += 1
 
 
-class Cache:
+class Cache(Handle):
     """The concurrency-safe handle of the redis worker."""
+
+    service_name = "redis"
 
     def __init__(self, client: aioredis.Redis, settings: RedisSettings, emitter: Emitter) -> None:
         self.client = client
@@ -188,12 +190,16 @@ class Cache:
         self.malformed = 0
 
     def key(self, key: str) -> str:
+        self.check_open("a cache call")  # every operation names its key first: a closed pool is never reopened
         if not isinstance(key, str) or not key:
             raise ValueError(f"cache key must be a non-empty string, got {key!r}")
         return f"{self.settings.namespace}:{key}" if self.settings.namespace else key
 
     def _failure(self, operation: str, started: float, e: RedisError | OSError) -> ServiceError:
         """Report a failed operation and return the error to raise (never a silent miss)."""
+        if self.closed:
+            self._emit.op(operation, started, "error")
+            return self.unavailable(operation)
         if isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
             self._emit.op(operation, started, "timeout" if isinstance(e, RedisTimeoutError) else "error")
             return ServiceUnavailable(f"redis {self.settings.describe()} is unreachable: {type(e).__name__}")
@@ -203,6 +209,7 @@ class Cache:
     async def _call(self, operation: str, call: Awaitable[Any], **extra: Any) -> Any:
         t0 = time.perf_counter()
         try:
+            self.check_open(operation, call)
             result = await call
         except (RedisError, OSError) as e:
             raise self._failure(operation, t0, e) from e
@@ -389,9 +396,9 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
         async with asyncio.timeout(settings.connect_timeout):
             await client.ping()
 
+    cache = Cache(client, settings, emitter)
     try:
         await retry_connect(connect, settings.connect_attempts, 0.05, 1.0, f"redis {settings.describe()}")
-        cache = Cache(client, settings, emitter)
         ctx.started(cache)
         failures = 0
         while True:  # liveness: exit (and be restarted with backoff) when the server is gone
@@ -404,6 +411,7 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
                 if failures >= settings.check_failures:
                     raise ServiceUnavailable(f"lost redis {settings.describe()}: {type(e).__name__}") from e
     finally:
+        cache.closed = True
         try:
             await client.aclose()
             await client.connection_pool.disconnect()  # a pool we passed in is ours to close

@@ -27,7 +27,7 @@ from ..core import ChildContext
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
 from ..settings import Settings, read_secret_file
-from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
+from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 
 MIN_PART = 5 * 2**20
 MAX_PART = 5 * 2**30  # S3 limits: 5 MiB..5 GiB per part, 5 TiB per object
@@ -161,8 +161,10 @@ class S3Settings:
         return args
 
 
-class Storage:
+class Storage(Handle):
     """The concurrency-safe handle of the s3 worker (one aiobotocore client, shared)."""
+
+    service_name = "s3"
 
     def __init__(self, client: Any, settings: S3Settings, emitter: Emitter) -> None:
         self.client = client
@@ -174,10 +176,11 @@ class Storage:
     async def _do(self, what: str, call: Any, **extra: Any) -> Any:
         t0 = time.perf_counter()
         try:
+            self.check_open(what, call)
             result = await call
         except (TimeoutError, ClientError, BotoCoreError, OSError) as e:
             self._emit.op(what, t0, "error")
-            raise _map(e, what) from e
+            raise (self.unavailable(what) if self.closed else _map(e, what)) from e
         self._emit.op(what, t0, **extra)
         return result
 
@@ -393,15 +396,18 @@ async def run_s3(ctx: ChildContext, settings: S3Settings) -> None:
         await retry_connect(ready, settings.connect_attempts, 0.1, 2.0, f"s3 {settings.endpoint or 'aws'}")
         ctx.started(storage)
         failures = 0
-        while True:
-            await asyncio.sleep(settings.check_interval)
-            try:
-                await client.head_bucket(Bucket=settings.bucket)
-                failures = 0
-            except (ClientError, BotoCoreError, OSError) as e:
-                failures += 1
-                if failures >= settings.check_failures:
-                    raise _map(e, "head_bucket") from e
+        try:
+            while True:
+                await asyncio.sleep(settings.check_interval)
+                try:
+                    await client.head_bucket(Bucket=settings.bucket)
+                    failures = 0
+                except (ClientError, BotoCoreError, OSError) as e:
+                    failures += 1
+                    if failures >= settings.check_failures:
+                        raise _map(e, "head_bucket") from e
+        finally:
+            storage.closed = True
 
 
 def factory(settings: Mapping[str, Any]) -> WorkerFn:

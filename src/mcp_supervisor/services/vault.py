@@ -28,7 +28,7 @@ from ..core import ChildContext, describe
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult
 from ..settings import Settings, read_small_file
-from .base import Emitter, ServiceError, ServiceUnavailable
+from .base import Emitter, Handle, ServiceError, ServiceUnavailable
 from .events import ServiceState
 
 NO_TOKEN = "no Vault token configured"  # noqa: S105 - a message, not a password
@@ -117,8 +117,10 @@ class VaultSettings:
         return self.token
 
 
-class Vault:
+class Vault(Handle):
     """The concurrency-safe handle of the vault worker."""
+
+    service_name = "vault"
 
     def __init__(self, session: aiohttp.ClientSession, settings: VaultSettings, emitter: Emitter) -> None:
         self.session = session
@@ -143,6 +145,7 @@ class Vault:
         headers = {"X-Vault-Token": self.token or ""}
         if self.settings.namespace:
             headers["X-Vault-Namespace"] = self.settings.namespace
+        self.check_open(operation)
         url = f"{self.settings.addr}/v1/{path}"
         idempotent = method in ("GET", "LIST")
         attempts = self.settings.retries + 1 if idempotent else 1
@@ -155,7 +158,12 @@ class Vault:
                 ) as resp:  # fmt: skip
                     status = resp.status
                     data = await resp.json(content_type=None) if status != 204 else None
-            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as e:
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError, RuntimeError) as e:
+                if self.closed:  # the session closed under the call ("Session is closed")
+                    self._emit.op(operation, t0, "error")
+                    raise self.unavailable(operation) from None
+                if isinstance(e, RuntimeError):
+                    raise
                 if attempt + 1 < attempts:
                     await asyncio.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
                     continue
@@ -409,7 +417,10 @@ async def run_vault(ctx: ChildContext, settings: VaultSettings) -> None:
             except (VaultError, ServiceUnavailable):
                 pass  # detected lazily; the probe reports the state
         ctx.started(vault)
-        await _token_keeper(vault, settings)
+        try:
+            await _token_keeper(vault, settings)
+        finally:
+            vault.closed = True
 
 
 def factory(settings: Mapping[str, Any]) -> WorkerFn:

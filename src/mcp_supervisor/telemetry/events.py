@@ -17,6 +17,7 @@ from ..core import (
     ChildExited,
     ChildStarted,
     ChildUnstopped,
+    EscapeeKilled,
     Event,
     IntensityExceeded,
     ProcessOutput,
@@ -53,6 +54,8 @@ def log_event(log: Any, ev: Event) -> None:
             log.warning("child did not stop in time; forcing", child=path, shutdown_s=t)
         case ChildUnstopped(path=path, timeout_s=t):
             log.error("in-process child still running after its shutdown time", child=path, shutdown_s=t)
+        case EscapeeKilled(path=path, pid=pid):
+            log.warning("killed a process that had left its child's process group", child=path, pid=pid)
         case SpecWarning(message=message):
             log.warning("config warning", detail=message)
         case _:
