@@ -54,15 +54,24 @@ class FailedToStartChild(SupervisorError):
 
 
 class NoSuchPath(SupervisorError, LookupError):
-    """No supervisor or child at that path."""
+    """No supervisor or child at that path. ``what`` says which was looked for (``child``, ``running supervisor``)."""
 
     def __init__(self, path: str, what: str = "child") -> None:
         self.path = path
+        self.what = what
         super().__init__(f"no {what} at path {path!r}; `which_children` lists what exists")
 
 
 class OperationError(SupervisorError):
-    """A runtime operation is not valid now (e.g. deleting a running child)."""
+    """A runtime operation is not valid now (e.g. deleting a running child).
+
+    ``code`` names the case as OTP's error tuples do: ``running``, ``restarting``, ``already_started``,
+    ``already_present``, ``simple_one_for_one``, or ``invalid`` for a malformed request.
+    """
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class MailboxFull(SupervisorError):

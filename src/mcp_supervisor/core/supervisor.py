@@ -604,7 +604,8 @@ class Supervisor:
                 spec = spec_or_args
                 if spec.id in self.by_id:
                     state = self.by_id[spec.id].state
-                    raise OperationError(f"{self._child_path(spec.id)}: already present ({state})")
+                    code = "already_present" if state is State.STOPPED else "already_started"
+                    raise OperationError(f"{self._child_path(spec.id)}: already present ({state})", code)
                 if spec.significant and self.flags.auto_shutdown is AutoShutdown.NEVER:
                     raise SpecError("significant", "needs auto_shutdown on the supervisor", True)
             child = self._add(spec)
@@ -634,10 +635,12 @@ class Supervisor:
 
         async def op() -> Child:
             if self._dynamic:
-                raise OperationError("restart_child is not supported by simple_one_for_one supervisors")
+                raise OperationError(
+                    "restart_child is not supported by simple_one_for_one supervisors", "simple_one_for_one"
+                )
             child = self._get(child_id)
             if child.alive or child.state is State.RESTARTING:
-                raise OperationError(f"{child.path}: is {child.state}; terminate it first")
+                raise OperationError(f"{child.path}: is {child.state}; terminate it first", _busy(child))
             try:
                 await self._start(child)
             except _StartFailure as e:
@@ -650,10 +653,12 @@ class Supervisor:
     async def delete_child(self, child_id: str) -> None:
         async def op() -> None:
             if self._dynamic:
-                raise OperationError("delete_child is not supported by simple_one_for_one supervisors")
+                raise OperationError(
+                    "delete_child is not supported by simple_one_for_one supervisors", "simple_one_for_one"
+                )
             child = self._get(child_id)
             if child.alive or child.state is State.RESTARTING:
-                raise OperationError(f"{child.path}: is {child.state}; terminate it before deleting")
+                raise OperationError(f"{child.path}: is {child.state}; terminate it before deleting", _busy(child))
             self._remove(child)
 
         await self._request(op)
@@ -751,6 +756,10 @@ class Supervisor:
     @property
     def exit_reason(self) -> ExitReason | None:
         return self._done
+
+
+def _busy(child: Child) -> str:
+    return "restarting" if child.state is State.RESTARTING else "running"
 
 
 def _instantiate(template: ChildSpec, child_id: str, args: tuple[Any, ...]) -> ChildSpec:
