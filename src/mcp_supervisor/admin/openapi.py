@@ -1,15 +1,48 @@
-"""The admin API described as OpenAPI 3.1 (served at GET /openapi.json)."""
+"""The admin API described as OpenAPI 3.1 (served at GET /openapi.json).
+
+Every status an operation can answer is listed, with its body's schema: the test suite runs schemathesis against
+this document and the live port, and any undocumented status, content type or body shape fails it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ERROR_REF, description)
+
+
+# what any request can get: malformed, too slow, too large, or aimed at another host name (DNS rebinding)
+_ANY = {
+    "400": _err("a malformed request or query parameter"),
+    "408": _err("the request body did not arrive in time"),
+    "413": _err("the request body is over 16 KiB"),
+    "421": _err("the Host header is not a loopback name"),
+}
 _AUTH = {
-    "401": {**_ERR, "description": "missing Authorization header"},
-    "403": {**_ERR, "description": "wrong token, or mutations disabled (no admin_token_file)"},
+    "401": _err("no Authorization header"),
+    "403": _err("wrong token, or mutations disabled (no admin_token_file)"),
+}
+_PASS_FAIL = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"enum": ["pass", "fail"]}, "output": {"type": "string"}},
 }
 
+
+def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {**responses, **_ANY}, **extra}
+
+
+# fmt: off
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "mcp-supervisor admin API", "version": "1"},
@@ -36,10 +69,11 @@ OPENAPI: dict[str, Any] = {
                             {"type": "null"},
                             {
                                 "type": "object",
+                                "required": ["reason", "detail", "at"],
                                 "properties": {
                                     "reason": {"enum": ["normal", "shutdown", "abnormal"]},
                                     "detail": {"type": "string"},
-                                    "at": {"type": "number"},
+                                    "at": {"type": ["number", "null"]},
                                 },
                             },
                         ]
@@ -57,42 +91,68 @@ OPENAPI: dict[str, Any] = {
                 "required": ["status"],
                 "properties": {"status": {"enum": ["pass", "warn", "fail"]}, "checks": {"type": "object"}},
             },
+            "Change": {
+                "type": "object",
+                "required": ["path", "change"],
+                "properties": {"path": {"type": "string"}, "change": {"type": "string"}},
+            },
         },
     },
     "paths": {
-        "/status": {"get": {"summary": "The supervision tree", "responses": {"200": {
-            "description": "tree",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Node"}}}}}}},
-        "/livez": {"get": {"summary": "Event loop and root supervisor alive",
-                           "responses": {"200": {"description": "alive"}, "503": {"description": "not alive"}}}},
-        "/readyz": {"get": {"summary": "Ready: critical checks pass and not draining",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-        "/health": {"get": {"summary": "application/health+json", "responses": {
-            "200": {"description": "pass or warn",
-                    "content": {"application/health+json": {"schema": {"$ref": "#/components/schemas/Health"}}}},
-            "503": {"description": "fail"}}}},
-        "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {"200": {
-            "description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/children/{path}/{action}": {"post": {
-            "summary": "restart, stop or start the child at path (e.g. edge/proxy)",
-            "security": [{"bearer": []}],
-            "parameters": [
+        "/status": {"get": _op("The supervision tree", {"200": _json({"$ref": "#/components/schemas/Node"}, "tree")})},
+        "/livez": {"get": _op("Event loop and root supervisor alive", {
+            "200": _json(_PASS_FAIL, "alive"), "503": _json(_PASS_FAIL, "not alive")})},
+        "/readyz": {"get": _op("Ready: critical checks pass and not draining", {
+            "200": _json(_PASS_FAIL, "ready"), "503": _json(_PASS_FAIL, "not ready")})},
+        "/health": {"get": _op("application/health+json", {
+            "200": _json({"$ref": "#/components/schemas/Health"}, "pass or warn", "application/health+json"),
+            "503": _json({"$ref": "#/components/schemas/Health"}, "fail", "application/health+json")})},
+        "/metrics": {"get": _op("Prometheus text exposition", {
+            "200": _json({"type": "string"}, "metrics", "text/plain")})},
+        "/children/{path}/{action}": {"post": _op(
+            "restart, stop or start the child at path (e.g. edge/proxy)",
+            {
+                "200": _json({"type": "object", "required": ["path", "action", "child"], "properties": {
+                    "path": {"type": "string"}, "action": {"enum": ["restart", "stop", "start"]},
+                    "child": {"type": ["object", "null"]}}}, "done"),
+                "404": _err("no child at that path"),
+                "409": _err("not valid in the child's state, or its supervisor is stopping"),
+                **_AUTH,
+            },
+            security=[{"bearer": []}],
+            parameters=[
                 {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "action", "in": "path", "required": True,
                  "schema": {"enum": ["restart", "stop", "start"]}},
             ],
-            "responses": {"200": {"description": "done"}, "404": {**_ERR, "description": "unknown path"},
-                          "409": {**_ERR, "description": "not valid in the child's state"}, **_AUTH}}},
-        "/reload": {"post": {
-            "summary": "Re-read the config and apply the difference",
-            "security": [{"bearer": []}],
-            "parameters": [{"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}}],
-            "responses": {"200": {"description": "applied: the changes"},
-                          "202": {"description": "accepted (wait=false)"},
-                          "422": {**_ERR, "description": "invalid config: nothing changed"}, **_AUTH}}},
-        "/health/check": {"post": {
-            "summary": "Run a health round now", "security": [{"bearer": []}],
-            "responses": {"200": {"description": "the new snapshot"}, "404": _ERR, **_AUTH}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        )},
+        "/reload": {"post": _op(
+            "Re-read the config and apply the difference",
+            {
+                "200": _json({"type": "object", "required": ["ok", "changes"], "properties": {
+                    "ok": {"const": True},
+                    "changes": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}}}},
+                    "applied: what changed"),
+                "202": _json({"type": "object", "required": ["accepted"], "properties": {
+                    "accepted": {"const": True}}}, "accepted (wait=false)"),
+                "422": _json({"type": "object", "required": ["ok", "error"], "properties": {
+                    "ok": {"const": False}, "error": {"type": "string"}, "changes": {"type": "array"}}},
+                    "invalid config: nothing changed"),
+                **_AUTH,
+            },
+            security=[{"bearer": []}],
+            parameters=[{"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}}],
+        )},
+        "/health/check": {"post": _op(
+            "Run a health round now",
+            {
+                "200": _json({"$ref": "#/components/schemas/Health"}, "the new snapshot", "application/health+json"),
+                "404": _err("no health monitor is running"),
+                **_AUTH,
+            },
+            security=[{"bearer": []}],
+        )},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI")})},
     },
-}  # fmt: skip
+}
+# fmt: on

@@ -25,6 +25,8 @@ from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, GuardedTCPSite
 from .openapi import OPENAPI
 
 MAX_BODY = 16 * 1024
+QUERY_PARAMETERS: dict[str, frozenset[str]] = {"/reload": frozenset({"wait"})}
+"""Query parameters each route takes; any other is a 400 naming it."""
 _BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])  # reloads accepted with wait=0
 HEALTH_JSON = "application/health+json"
 
@@ -79,6 +81,11 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         resp.headers.update(headers)
         return resp
 
+    def _http_error(e: web.HTTPException) -> web.Response:
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else {}
+        message = f"method not allowed; use {headers['Allow']}" if e.status == 405 else e.reason.lower()
+        return _error(e.status, message, **headers)
+
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
         proto = request.protocol
@@ -97,13 +104,24 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
             return _error(421, f"unexpected Host header {request.host[:100]!r}; use a loopback name")
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error(413, f"request body over {MAX_BODY} bytes")
+        if (unmatched := request.match_info.http_exception) is not None:  # no route, or a method it does not take
+            return _http_error(unmatched)
+        route = request.match_info.route.resource
+        allowed = QUERY_PARAMETERS.get(route.canonical, frozenset()) if route is not None else frozenset()
+        unknown = sorted(set(request.query) - allowed)
+        if unknown:
+            return _error(
+                400, f"unknown query parameter {unknown[0][:40]!r} (allowed: {', '.join(sorted(allowed)) or 'none'})"
+            )
         try:
             if request.body_exists:
                 async with asyncio.timeout(BODY_TIMEOUT):
                     await request.read()  # enforces client_max_size for chunked bodies too
             return await handler(request)
-        except web.HTTPException:
-            raise
+        except web.HTTPException as e:  # aiohttp's own (body too large, ...): our JSON shape
+            if e.status < 400:
+                raise
+            return _http_error(e)
         except TimeoutError:
             return _error(408, f"the request body did not arrive within {BODY_TIMEOUT:g}s")
         except (ValueError, UnicodeError) as e:
@@ -192,7 +210,10 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         if denied is not None:
             audit(request, "reload", f"denied {denied.status}")
             return denied
-        wait = request.query.get("wait", "1") not in ("0", "false", "no")
+        try:
+            wait = _flag(request, "wait", True)
+        except ValueError as e:
+            return _error(400, str(e))
         if not wait:
             task = asyncio.ensure_future(state.reload())
             app[_BACKGROUND].add(task)
@@ -224,6 +245,22 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     app.router.add_post("/reload", reload)
     app.router.add_post("/health/check", health_check)
     return app
+
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    """A boolean query parameter given at most once: 1/true/yes or 0/false/no; ValueError names what is wrong."""
+    values = request.query.getall(name, [])
+    if not values:
+        return default
+    if len(values) > 1:
+        raise ValueError(f"query parameter {name!r} given {len(values)} times")
+    value = values[0].lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"query parameter {name!r} must be true or false (1/0, yes/no), got {values[0][:40]!r}")
+    return value in _TRUE
 
 
 def _tree_ready(doc: dict[str, Any]) -> bool:
