@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mcp_supervisor.core import Event, EventBus, Shutdown, Subscription
+from tests.stack_helpers import stack_env  # noqa: F401 - a fixture for the local-stack tests
 
 
 async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
