@@ -15,29 +15,25 @@ from typing import Any
 
 from mcp_supervisor.core import ChildContext
 from mcp_supervisor.services.base import ServiceError, ServiceUnavailable, service
-from mcp_supervisor.services.redis import MISS
-from mcp_supervisor.services.vault import VaultError
+from mcp_supervisor.services.postgres import Database
+from mcp_supervisor.services.redis import MISS, Cache
+from mcp_supervisor.services.s3 import Storage
+from mcp_supervisor.services.vault import Vault, VaultError
+from mcp_supervisor.settings import Settings
 from mcp_supervisor.telemetry.logs import get_logger
 
 
 def factory(config: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[None]]:
-    try:
-        every = float(config.get("every", 3))
-    except (TypeError, ValueError):
-        raise ValueError(f"every: must be a number of seconds, got {config.get('every')!r}") from None
-    if every <= 0:
-        raise ValueError(f"every: must be > 0 seconds, got {every!r}")
-    tenant = str(config.get("tenant", "demo"))
-    unknown = set(config) - {"every", "tenant"}
-    if unknown:
-        raise ValueError(f"{sorted(unknown)[0]}: unknown setting (allowed: every, tenant)")
+    s = Settings(config, {"every", "tenant"})
+    every = s.seconds("every", 3.0, above=True)
+    tenant = s.text("tenant", "demo") or "demo"
 
     async def run(ctx: ChildContext) -> None:
         log = get_logger("examples.platform_demo").bind(child=ctx.path)
-        db = service(ctx, "postgres/db", wait=5)
-        cache = service(ctx, "redis/cache", wait=5)
-        storage = service(ctx, "s3/storage", wait=5)
-        secrets = service(ctx, "vault/secrets", wait=5)
+        db_ref = service(ctx, "postgres/db", Database, wait=5)
+        cache_ref = service(ctx, "redis/cache", Cache, wait=5)
+        storage_ref = service(ctx, "s3/storage", Storage, wait=5)
+        secrets_ref = service(ctx, "vault/secrets", Vault, wait=5)
         ctx.started()
         prepared = False
         while True:
@@ -50,6 +46,8 @@ def factory(config: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[Non
                 return result
 
             try:
+                db, cache = await db_ref.get(), await cache_ref.get()
+                storage, secrets = await storage_ref.get(), await secrets_ref.get()
                 if not prepared:
                     await db.create_tenant_schema(tenant)
                     async with db.tenant(tenant) as conn:

@@ -1,4 +1,9 @@
-"""The composition root: config → tree → admin port → signals and systemd, until stopped.
+"""The composition root: config → logging → tree → admin port → signals and systemd, until stopped.
+
+``run_daemon`` validates the config before anything starts, then builds a :class:`Daemon` in one step from it;
+``Daemon.run`` starts the parts and unwinds them through one ``AsyncExitStack`` in a fixed order: the tree first
+(children in reverse order, while the admin port still answers ``/readyz`` with 503), then the admin port, then the
+background tasks.
 
 Exit codes: 0 clean stop; 78 (EX_CONFIG) invalid config, before anything starts; 1 the root supervisor gave up
 or failed to start.
@@ -11,16 +16,17 @@ import contextlib
 import faulthandler
 import signal
 import time
+from collections.abc import Coroutine
 from typing import Any
 
-from .admin import AdminServer, AdminState
+from .admin import AdminServer, AdminState, find_health
 from .config import Config, ConfigError, load_config
-from .core import FailedToStartChild, State, SupervisorSpec, Tree, describe
+from .core import ChildExited, ChildStarted, FailedToStartChild, State, SupervisorSpec, Tree, describe
 from .settings import read_small_file
 from .systemd import Notifier
 from .telemetry.events import log_events
 from .telemetry.logs import REDACTOR, LineWriter, close_writers, configure, get_logger
-from .telemetry.metrics import DaemonMetrics
+from .telemetry.metrics import METRICS_REGISTRY, DaemonMetrics
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
@@ -40,78 +46,34 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
+def load(config_path: str | None, current: str | None = None) -> tuple[Config, str | None]:
+    """The guard of every entrance (run, SIGHUP, POST /reload): any failure is a ConfigError, never a crash."""
+    try:
+        cfg = load_config(config_path)
+        return cfg, read_token(cfg.daemon.admin_token_file)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unforeseen: still a config error, the running tree untouched
+        raise ConfigError(current or config_path or "config", "", f"cannot be loaded ({describe(e)})") from None
+
+
 class Daemon:
-    def __init__(self, config_path: str | None) -> None:
+    """One running daemon, built whole from a valid config."""
+
+    def __init__(
+        self, config_path: str | None, cfg: Config, token: str | None, notifier: Notifier, writer: LineWriter | None
+    ) -> None:
         self.config_path = config_path
-        self.notifier = Notifier(redact=REDACTOR.redact)  # first: children must not inherit NOTIFY_SOCKET etc.
-        self.log: Any = get_logger()
-        self.config: Config | None = None
-        self.tree: Tree | None = None
-        self.admin: AdminServer | None = None
-        self.state: AdminState | None = None
-        self.metrics = DaemonMetrics(lambda: self.tree.status() if self.tree is not None else None)
-        self.writer: LineWriter | None = None
-        self._stop = asyncio.Event()
-        self._secrets: frozenset[str] | set[str] = frozenset()
-        self._reload_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def load(self) -> tuple[Config, str | None]:
-        """The guard of every entrance (run, SIGHUP, POST /reload): any failure is a ConfigError, never a crash."""
-        try:
-            cfg = load_config(self.config_path)
-            return cfg, read_token(cfg.daemon.admin_token_file)
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - unforeseen: still a config error, the running tree untouched
-            where = self.config.file if self.config is not None else (self.config_path or "config")
-            raise ConfigError(where, "", f"cannot be loaded ({describe(e)})") from None
-
-    async def run(self) -> int:
-        try:
-            cfg, token = self.load()
-        except ConfigError as e:
-            configure("info", "auto", stdlib=True, threaded=True)
-            get_logger().error("invalid config", error=str(e))
-            self.notifier.send(STATUS=f"invalid config: {e}", ERRNO=EXIT_CONFIG)
-            return EXIT_CONFIG
-        self._secrets = cfg.secrets | ({token} if token else set())
-        REDACTOR.update(self._secrets)
-        self.writer = configure(
-            cfg.daemon.log_level, cfg.daemon.log_format, redactor=REDACTOR, stdlib=True, threaded=True
-        )
-        faulthandler.enable()
-        self.log = get_logger()
         self.config = cfg
-        for warning in cfg.warnings:
-            self.log.warning("config warning", detail=warning)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)  # before READY=1 (systemd/systemd#39692)
-
-        tree = Tree(cfg.tree, subreaper=True)
-        tree.rt.extensions["metrics_registry"] = self.metrics.registry  # one registry for every metric
-        self.tree = tree
-        sub = tree.bus.subscribe(maxlen=100_000)
-        self._spawn(log_events(sub, self.log))
-        self.log.info("starting", config=cfg.file, admin=cfg.daemon.admin, children=len(cfg.tree.children))
-        self.notifier.status("starting the tree")
-        try:
-            await tree.start()
-        except FailedToStartChild as e:
-            self.log.error("the tree failed to start", error=str(e))
-            self.notifier.send(STATUS=f"failed to start: {e}", ERRNO=1)
-            await tree.stop()
-            return EXIT_GAVE_UP
+        self.notifier = notifier
+        self.writer = writer
+        self.log: Any = get_logger()
+        self.tree = Tree(cfg.tree, subreaper=True)
+        self.metrics = DaemonMetrics(self.tree.status)
+        self.tree.provide(METRICS_REGISTRY, self.metrics.registry)  # one registry for every metric
         self.state = AdminState(
-            tree=tree,
-            find_health=lambda: find_health(tree),
+            tree=self.tree,
+            find_health=lambda: find_health(self.tree),
             log=self.log,
             metrics=self._render_metrics,
             reload=self.reload,
@@ -120,73 +82,109 @@ class Daemon:
             redact=REDACTOR.redact_value,
         )
         self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
-        try:
-            await self.admin.start()
-        except OSError as e:
-            self.log.error("cannot bind the admin port", admin=cfg.daemon.admin, error=describe(e))
-            await tree.stop()
-            return EXIT_GAVE_UP
-        self._spawn(self._watchdog())
-        self._spawn(self._status_updates(tree.bus.subscribe(maxlen=1000)))
-        self.notifier.ready(self._summary("running"))
-        self.log.info("ready", admin=cfg.daemon.admin, mutations="on" if token else "off")
+        self._secrets = cfg.secrets | ({token} if token else frozenset())
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- life --------------------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        cfg, tree = self.config, self.tree
+        for warning in cfg.warnings:
+            self.log.warning("config warning", detail=warning)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._cancel_tasks)  # unwound last
+            stack.enter_context(self._signals())  # SIGHUP before READY=1 (systemd/systemd#39692)
+            self._spawn(log_events(tree.bus.subscribe(maxlen=100_000), self.log))
+            self.log.info("starting", config=cfg.file, admin=cfg.daemon.admin, children=len(cfg.tree.children))
+            self.notifier.status("starting the tree")
+            try:
+                await tree.start()
+            except FailedToStartChild as e:
+                self.log.error("the tree failed to start", error=str(e))
+                self.notifier.send(STATUS=f"failed to start: {e}", ERRNO=1)
+                await tree.stop()
+                return EXIT_GAVE_UP
+            stack.push_async_callback(self.admin.stop)
+            stack.push_async_callback(self._stop_tree)  # unwound first, while the admin port answers "draining"
+            try:
+                await self.admin.start()
+            except OSError as e:
+                self.log.error("cannot bind the admin port", admin=cfg.daemon.admin, error=describe(e))
+                return EXIT_GAVE_UP
+            self._spawn(self._watchdog())
+            self._spawn(self._status_updates())
+            self.notifier.ready(self._summary("running"))
+            self.log.info("ready", admin=cfg.daemon.admin, mutations="on" if self.state.token else "off")
+            return await self._until_stopped()
+
+    @contextlib.contextmanager
+    def _signals(self) -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _until_stopped(self) -> int:
+        """Wait for SIGTERM/SIGINT or the root supervisor's own exit; returns the exit code."""
         stop_wait = asyncio.ensure_future(self._stop.wait())
-        tree_wait = asyncio.ensure_future(tree.wait())
+        tree_wait = asyncio.ensure_future(self.tree.wait())
         await asyncio.wait({stop_wait, tree_wait}, return_when=asyncio.FIRST_COMPLETED)
-        gave_up = tree_wait.done()
         stop_wait.cancel()
-        tree_wait.cancel()
-        if gave_up:
-            reason = tree_wait.result()
-            self.log.error("the root supervisor gave up", reason=reason.kind, detail=reason.detail)
-            self.notifier.stopping(f"root supervisor gave up: {reason}")
-        else:
+        if not tree_wait.done():
+            tree_wait.cancel()
             self.notifier.stopping("stopping: stopping children in reverse order")
+            return EXIT_OK
+        reason = tree_wait.result()
+        if reason.detail == "auto_shutdown":
+            self.notifier.stopping("the root supervisor shut down (auto_shutdown)")
+            return EXIT_OK
+        self.log.error("the root supervisor gave up", reason=reason.kind, detail=reason.detail)
+        self.notifier.stopping(f"root supervisor gave up: {reason}")
+        return EXIT_GAVE_UP
+
+    async def _stop_tree(self) -> None:
         self.state.draining = True
         began = time.monotonic()
-        report = await tree.stop()
-        self.log.info(
-            "stopped",
-            took_s=round(time.monotonic() - began, 3),
-            unstopped=list(report.unstopped),
-        )
-        await self.admin.stop()
-        sub.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if gave_up:
-            return EXIT_GAVE_UP if tree_wait.result().detail != "auto_shutdown" else EXIT_OK
-        return EXIT_OK
+        report = await self.tree.stop()
+        self.log.info("stopped", took_s=round(time.monotonic() - began, 3), unstopped=list(report.unstopped))
 
     def _on_stop_signal(self, sig: int) -> None:
         self.log.info("stop requested", signal=signal.Signals(sig).name)
-        if self.state is not None:
-            self.state.draining = True
+        self.state.draining = True
         self._stop.set()
 
-    def _on_sighup(self) -> None:
-        self._spawn(self.reload())
-
+    # -- what the admin port and systemd see ---------------------------------------------------------------
     def _render_metrics(self) -> tuple[bytes, str]:
-        if self.tree is not None:
-            dropped = sum(s.dropped for s in self.tree.bus._subs)
-            self.metrics.events_dropped.set(dropped)
+        self.metrics.events_dropped.set(self.tree.bus.statistics().dropped)
         if self.writer is not None:
             self.metrics.log_lines_dropped.set(self.writer.dropped)
         return self.metrics.render()
 
     def _summary(self, prefix: str) -> str:
-        if self.tree is None:
-            return prefix
         states = [child.state for child in self.tree.rt.walk()]
         running = sum(1 for st in states if st is State.RUNNING)
         return f"{prefix}: {running}/{len(states)} children running"
 
-    async def _status_updates(self, sub: Any) -> None:
+    async def _status_updates(self) -> None:
         """STATUS= whenever a child starts or exits (at most every half second), for `systemctl status`."""
-        from .core import ChildExited, ChildStarted
-
+        sub = self.tree.bus.subscribe(maxlen=1000)
         last = ""
         try:
             async for ev in sub:
@@ -211,25 +209,24 @@ class Daemon:
             self.metrics.watchdog_pings.inc()
             await asyncio.sleep(interval)
 
+    # -- reload --------------------------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
         """Re-read the config; on error keep everything untouched; else apply only the difference."""
         async with self._reload_lock:
             self.notifier.reloading()
-            self.log.info("reloading", config=self.config.file if self.config else self.config_path)
+            self.log.info("reloading", config=self.config.file)
             try:
-                new, token = self.load()
+                new, token = load(self.config_path, self.config.file)
             except ConfigError as e:
                 self.metrics.reload_result(False)
                 self.log.error("reload failed; keeping the running configuration", error=str(e))
                 self.notifier.ready(f"reload failed, running the previous config: {e}")
                 return {"ok": False, "error": str(e), "changes": []}
             old = self.config
-            tree = self.tree
-            assert old is not None and tree is not None and self.state is not None
             if new.daemon.admin != old.daemon.admin:
                 self.log.warning("daemon.admin changed: it takes effect at the next start", admin=new.daemon.admin)
             try:
-                changes = await apply_difference(tree, old, new)
+                changes = await apply_difference(self.tree, old, new)
             except Exception as e:  # noqa: BLE001 - report, keep running
                 self.metrics.reload_result(False)
                 self.log.error("reload failed while applying", error=describe(e))
@@ -238,7 +235,7 @@ class Daemon:
             self.config = new
             self.state.token = token
             # old children may still speak while they stop: keep the previous secrets until the next reload
-            current = new.secrets | ({token} if token else set())
+            current = new.secrets | ({token} if token else frozenset())
             REDACTOR.update(self._secrets | current)
             self._secrets = current
             self.metrics.reload_result(True)
@@ -275,25 +272,32 @@ async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[s
     return changes
 
 
-def find_health(tree: Tree) -> Any:
-    """The running health monitor's handle, looked up on every request so that it follows restarts."""
-    for child in tree.rt.walk():
-        h = child.handle
-        if child.alive and all(hasattr(h, a) for a in ("document", "check_now", "ready")):
-            return h
-    return None
-
-
 def run_daemon(config_path: str | None) -> int:
-    """Run on uvloop when installed, asyncio otherwise."""
+    """Validate the config, set up logging, then run the daemon on uvloop when installed (asyncio otherwise)."""
+    notifier = Notifier(redact=REDACTOR.redact)  # first: children must not inherit NOTIFY_SOCKET / WATCHDOG_*
     try:
-        import uvloop
+        try:
+            cfg, token = load(config_path)
+        except ConfigError as e:
+            configure("info", "auto", stdlib=True, threaded=True)
+            get_logger().error("invalid config", error=str(e))
+            notifier.send(STATUS=f"invalid config: {e}", ERRNO=EXIT_CONFIG)
+            return EXIT_CONFIG
+        REDACTOR.update(cfg.secrets | ({token} if token else frozenset()))
+        writer = configure(cfg.daemon.log_level, cfg.daemon.log_format, redactor=REDACTOR, stdlib=True, threaded=True)
+        faulthandler.enable()
+        try:
+            import uvloop
 
-        factory: Any = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    try:
+            factory: Any = uvloop.new_event_loop
+        except ImportError:
+            factory = None
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(Daemon(config_path).run())
+            return runner.run(_run(config_path, cfg, token, notifier, writer))
     finally:
+        notifier.close()
         close_writers()  # the last lines (the stop report) reach stdout before we exit
+
+
+async def _run(config_path: str | None, cfg: Config, token: str | None, notifier: Notifier, writer: Any) -> int:
+    return await Daemon(config_path, cfg, token, notifier, writer).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -45,13 +46,13 @@ async def test_delayed_restart_shows_restarting_with_the_next_attempt_and_never_
         sched = await rec.wait(lambda e: isinstance(e, RestartScheduled))
         assert sched.delay_s == 2
         await tree.supervisor().sync()
-        node = tree.status()["children"][0]
+        node = tree.status().as_dict()["children"][0]
         assert node["state"] == "restarting"
         assert node["next_restart_at"] == pytest.approx(sched.at + 2, abs=0.5)
         # the supervisor answers runtime operations while the delay runs
         extra = Scripted()
         assert await tree.start_child("", WorkerSpec(id="x", run=extra.run)) == "x"
-        assert tree.count_children() == {"specs": 3, "active": 2, "supervisors": 0, "workers": 3}
+        assert dataclasses.asdict(tree.count_children()) == {"specs": 3, "active": 2, "supervisors": 0, "workers": 3}
         clock.advance(1.999)
         await tree.supervisor().sync()
         assert tree.child("a").state is State.RESTARTING
@@ -112,7 +113,7 @@ async def test_group_restart_waits_for_the_failed_childs_delay() -> None:
         a.end("crash")
         await rec.wait(lambda e: isinstance(e, RestartScheduled))
         await tree.supervisor().sync()
-        assert [c["state"] for c in tree.status()["children"]] == ["restarting", "restarting"]
+        assert [c["state"] for c in tree.status().as_dict()["children"]] == ["restarting", "restarting"]
         clock.advance(3)
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "b" and e.restarts == 1)
         assert a.incarnations == 2 and b.incarnations == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -48,8 +49,8 @@ def nested() -> tuple[Tree, dict[str, Scripted]]:
 async def test_runtime_operations_on_a_nested_supervisor_by_path() -> None:
     tree, w = nested()
     async with tree:
-        assert [c["path"] for c in tree.which_children("edge")] == ["edge/x", "edge/y"]
-        assert tree.count_children() == {"specs": 2, "active": 2, "supervisors": 1, "workers": 1}
+        assert [c.path for c in tree.which_children("edge")] == ["edge/x", "edge/y"]
+        assert dataclasses.asdict(tree.count_children()) == {"specs": 2, "active": 2, "supervisors": 1, "workers": 1}
         assert tree.get_childspec("edge/y").id == "y"
 
         z = Scripted()
@@ -70,7 +71,7 @@ async def test_runtime_operations_on_a_nested_supervisor_by_path() -> None:
 
         await tree.terminate_child("edge/z")
         await tree.delete_child("edge/z")
-        assert [c["id"] for c in tree.which_children("edge")] == ["x", "y"]
+        assert [c.id for c in tree.which_children("edge")] == ["x", "y"]
 
         with pytest.raises(NoSuchPath, match="'edge/nope'"):
             await tree.terminate_child("edge/nope")
@@ -88,7 +89,7 @@ async def test_a_terminated_child_is_not_restarted_and_its_exit_is_not_a_failure
         await tree.supervisor().sync()
         assert tree.root.restart_attempts == ()
         assert [e for e in rec.of(ChildStarted, "a")] and all(e.restarts == 0 for e in rec.of(ChildStarted, "a"))
-        assert tree.status()["children"][0]["last_exit"]["reason"] == "shutdown"
+        assert tree.status().as_dict()["children"][0]["last_exit"]["reason"] == "shutdown"
 
 
 async def test_start_child_failure_is_reported_and_the_supervisor_keeps_running() -> None:
@@ -98,7 +99,7 @@ async def test_start_child_failure_is_reported_and_the_supervisor_keeps_running(
         with pytest.raises(FailedToStartChild, match="edge/bad"):
             await tree.start_child("edge", WorkerSpec(id="bad", run=bad.run))
         # as OTP: the spec of a child whose start_child failed is discarded, and start_child may be retried
-        assert [c["id"] for c in tree.which_children("edge")] == ["x", "y"]
+        assert [c.id for c in tree.which_children("edge")] == ["x", "y"]
         with pytest.raises(NoSuchPath):
             await tree.restart_child("edge/bad")
         assert await tree.start_child("edge", WorkerSpec(id="bad", run=bad.run)) == "edge/bad"
@@ -109,7 +110,7 @@ async def test_start_child_failure_is_reported_and_the_supervisor_keeps_running(
 async def test_status_document_has_the_documented_fields() -> None:
     tree, _w = nested()
     async with tree:
-        doc = tree.status()
+        doc = tree.status().as_dict()
         assert doc["kind"] == "supervisor" and doc["state"] == "running" and doc["strategy"] == "one_for_one"
         a, edge = doc["children"]
         assert set(a) == {"id", "path", "kind", "state", "restarts", "uptime_s", "last_exit"}
@@ -176,7 +177,7 @@ async def test_mailboxes_are_bounded() -> None:
         mb.cast_nowait(3)
     blocked = asyncio.ensure_future(mb.cast(3))
     await asyncio.sleep(0)
-    assert not blocked.done() and mb.statistics()["waiting_senders"] == 1
+    assert not blocked.done() and mb.statistics().waiting_senders == 1
     assert (await mb.receive()).payload == 1  # type: ignore[union-attr]
     await blocked
     assert [(await mb.receive()).payload for _ in range(2)] == [2, 3]  # type: ignore[union-attr]

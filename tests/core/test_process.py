@@ -55,7 +55,7 @@ async def test_kill_9_of_a_child_restarts_it_with_a_new_pid_and_the_old_one_is_r
     async with tree:
         old = tree.child("p").pid
         assert old is not None and alive(old)
-        assert tree.status()["children"][0]["pid"] == old
+        assert tree.status().as_dict()["children"][0]["pid"] == old
         os.kill(old, signal.SIGKILL)
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         new = tree.child("p").pid

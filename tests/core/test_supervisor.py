@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -73,7 +74,7 @@ async def test_start_in_order_each_after_the_previous_is_ready_and_stop_in_rever
     for _ in range(20):
         await asyncio.sleep(0)
     assert log == [("start", "a")]
-    assert [c["state"] for c in tree.status()["children"]] == ["starting", "stopped"]
+    assert [c["state"] for c in tree.status().as_dict()["children"]] == ["starting", "stopped"]
     gate.set()
     await starting
     assert log == [("start", "a"), ("start", "b")]
@@ -90,7 +91,7 @@ async def test_one_for_one_restarts_only_the_failed_child() -> None:
         await restarted(rec, "b")
         assert w["a"].current is a and w["c"].current is c
         assert log[3:] == [("stop", "b"), ("start", "b")]
-        node = tree.status()["children"][1]
+        node = tree.status().as_dict()["children"][1]
         assert node["restarts"] == 1 and node["last_exit"]["reason"] == "abnormal"
         assert "crash requested" in node["last_exit"]["detail"]
 
@@ -154,7 +155,7 @@ async def test_restart_decision_by_restart_type_and_exit_reason(
             await restarted(rec, "a")
             assert tree.child("a").state is State.RUNNING
         else:
-            ids = [c["id"] for c in tree.which_children()]
+            ids = [c.id for c in tree.which_children()]
             assert ("a" in ids) is kept
             if kept:
                 assert tree.child("a").state is State.STOPPED
@@ -298,7 +299,7 @@ async def test_group_restart_removes_temporary_children() -> None:
     async with tree:
         a.end("crash")
         await restarted(rec, "a")
-        assert [c["id"] for c in tree.which_children()] == ["a"]
+        assert [c.id for c in tree.which_children()] == ["a"]
         assert t.incarnations == 1
 
 
@@ -350,7 +351,9 @@ async def test_a_group_restart_that_fails_midway_is_retried_as_otp_does(
         del log[:]
         w["a"].end("crash")
         await rec.wait(lambda e: isinstance(e, StartFailed) and e.path == "c")
-        await until(lambda: all(c["state"] == "running" for c in tree.status()["children"]), what="all running")
+        await until(
+            lambda: all(c["state"] == "running" for c in tree.status().as_dict()["children"]), what="all running"
+        )
         # a is the first child, so rest_for_one's first attempt is the whole group too
         first = [("stop", "a"), ("stop", "c"), ("stop", "b"), ("start", "a"), ("start", "b"), ("start", "c")]
         assert log == first + retry
@@ -361,7 +364,7 @@ async def test_count_children_of_simple_one_for_one_counts_its_template_as_the_o
     tpl = WorkerSpec(id="job", run=Scripted().run, restart="temporary")
     tree = Tree(SupervisorSpec(id="root", flags=SupervisorFlags(strategy="simple_one_for_one"), children=[tpl]))
     async with tree:
-        assert tree.count_children() == {"specs": 1, "active": 0, "supervisors": 0, "workers": 0}
+        assert dataclasses.asdict(tree.count_children()) == {"specs": 1, "active": 0, "supervisors": 0, "workers": 0}
         await tree.start_child("", [])
         await tree.start_child("", [])
-        assert tree.count_children() == {"specs": 1, "active": 2, "supervisors": 0, "workers": 2}
+        assert dataclasses.asdict(tree.count_children()) == {"specs": 1, "active": 2, "supervisors": 0, "workers": 2}

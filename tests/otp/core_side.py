@@ -180,7 +180,7 @@ class Harness:
                 await sup.terminate_child(child.id)
             elif kind == "count_children":
                 c = sup.count_children()
-                return f"specs={c['specs']},active={c['active']},supervisors={c['supervisors']},workers={c['workers']}"
+                return f"specs={c.specs},active={c.active},supervisors={c.supervisors},workers={c.workers}"
         except NotRunning:
             return "noproc"
         except NoSuchPath as e:

@@ -179,12 +179,12 @@ async def test_server_killed_mid_traffic_fast_errors_restart_with_backoff_then_r
     results: list[tuple[float, str]] = []
 
     async def app(ctx: Any) -> None:
-        db = service(ctx, "db", wait=0.5)
+        db = service(ctx, "db", Database, wait=0.5)
         ctx.started()
         while True:
             t0 = time.monotonic()
             try:
-                await db.fetchval("SELECT 1")
+                await (await db.get()).fetchval("SELECT 1")
                 results.append((time.monotonic() - t0, "ok"))
             except ServiceUnavailable as e:
                 results.append((time.monotonic() - t0, f"unavailable: {e}"))
@@ -214,7 +214,9 @@ async def test_server_killed_mid_traffic_fast_errors_restart_with_backoff_then_r
         assert all(r != "ok" for _, r in failing[5:])
         assert any(r.startswith("unavailable") for _, r in failing)
         assert max(d for d, _ in failing) < 30  # clear errors, never a hang (the longest timeout in play is 2 s)
-        assert tree.status()["children"][1]["restarts"] == 0, tree.status()["children"][1]["last_exit"]  # untouched
+        assert tree.status().as_dict()["children"][1]["restarts"] == 0, tree.status().as_dict()["children"][1][
+            "last_exit"
+        ]  # untouched
         pg.start()
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "db" and e.restarts >= 1, timeout=30)
         back = len(results)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
-from mcp_supervisor.services.base import ServiceUnavailable, service
+from mcp_supervisor.services.base import ServiceError, ServiceRef, ServiceUnavailable, service
 
 
 class Counter:
@@ -40,26 +40,45 @@ async def test_a_reference_follows_restarts_and_fails_fast_while_down() -> None:
         ctx.started(Counter(gens["n"]))
         await asyncio.Event().wait()
 
-    refs: list[Any] = []
+    refs: list[ServiceRef[Counter]] = []
 
     async def user(ctx: Any) -> None:
-        refs.append(service(ctx, "svc", wait=0.3))
+        refs.append(service(ctx, "svc", Counter, wait=0.3))
         ctx.started()
         await asyncio.Event().wait()
 
     tree = Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="svc", run=svc), WorkerSpec(id="user", run=user)]))
     async with tree:
         ref = refs[0]
-        assert await ref.whoami() == 1
-        async with ref.session() as g:
+        assert await (await ref.get()).whoami() == 1
+        async with ref as counter, counter.session() as g:
             assert g == 1
         await tree.terminate_child("svc")
         t0 = time.monotonic()
         with pytest.raises(ServiceUnavailable, match="svc is unavailable"):
-            await ref.whoami()
+            await ref.get()
         assert 0.3 <= time.monotonic() - t0 < 30  # waited its bounded 0.3 s (at least), then a clear error
-        waiting = asyncio.ensure_future(ref.whoami())  # a call made while down completes once it is back
+        waiting = asyncio.ensure_future(ref.get())  # asked while down: answered once it is back
         await asyncio.sleep(0)
         await tree.restart_child("svc")
-        assert await waiting == 2
-        assert await ref.whoami() == 2
+        assert await (await waiting).whoami() == 2
+        assert await (await ref.get()).whoami() == 2
+
+
+async def test_a_reference_checks_the_type_of_the_handle() -> None:
+    refs: list[ServiceRef[Counter]] = []
+
+    async def svc(ctx: Any) -> None:
+        ctx.started("not a counter")
+        await asyncio.Event().wait()
+
+    async def user(ctx: Any) -> None:
+        refs.append(service(ctx, "svc", Counter))
+        ctx.started()
+        await asyncio.Event().wait()
+
+    async with Tree(
+        SupervisorSpec(id="root", children=[WorkerSpec(id="svc", run=svc), WorkerSpec(id="user", run=user)])
+    ):
+        with pytest.raises(ServiceError, match="svc provides a str, not a Counter"):
+            await refs[0].get()

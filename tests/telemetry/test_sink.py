@@ -18,6 +18,7 @@ from mcp_supervisor.health.monitor import HealthMonitor
 from mcp_supervisor.health.monitor import factory as health_factory
 from mcp_supervisor.services.events import ServiceOperation, ServiceState
 from mcp_supervisor.telemetry import logs
+from mcp_supervisor.telemetry.metrics import METRICS_REGISTRY
 from mcp_supervisor.telemetry.sink import factory as sink_factory
 from tests.conftest import Recorder, until
 from tests.health.test_monitor import Service
@@ -60,7 +61,7 @@ def platform(queue: int = 10_000, **health: Any) -> tuple[Tree, CollectorRegistr
             ],
         )
     )
-    tree.rt.extensions["metrics_registry"] = registry
+    tree.provide(METRICS_REGISTRY, registry)
     return tree, registry
 
 
@@ -154,7 +155,7 @@ async def test_a_flapping_dependency_logs_exactly_one_line_per_transition(log_st
         WorkerSpec(id="telemetry", run=sink_factory({})),
         WorkerSpec(id="health", run=health_factory({"interval": 3600, "system": False, "checks": ["cache"]})),
     ]))  # fmt: skip
-    tree.rt.extensions["metrics_registry"] = registry
+    tree.provide(METRICS_REGISTRY, registry)
     async with tree:
         mon = await tree.handle("health")
         await until(lambda: mon.snapshot.overall != "unknown")

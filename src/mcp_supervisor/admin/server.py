@@ -16,11 +16,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
-from ..core import FailedToStartChild, NoSuchPath, NotRunning, OperationError, Tree
+from ..core import FailedToStartChild, NodeStatus, NoSuchPath, NotRunning, OperationError, State, Tree
 from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, GuardedTCPSite, GuardedUnixSite
 from .openapi import OPENAPI
 
@@ -31,14 +31,26 @@ _BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])  # reloads accept
 HEALTH_JSON = "application/health+json"
 
 
+@runtime_checkable
 class Health(Protocol):
-    """What the admin port needs from a health monitor (the tree's own state stands in until one runs)."""
+    """What the admin port needs from a health monitor (the tree's own state stands in until one runs).
+
+    A running child whose handle provides it is the daemon's health monitor (the built-in ``health`` worker's does).
+    """
 
     def document(self) -> tuple[dict[str, Any], int]: ...
 
     def ready(self) -> bool: ...
 
     async def check_now(self) -> dict[str, Any]: ...
+
+
+def find_health(tree: Tree) -> Health | None:
+    """The running health monitor's handle, looked up on every request so that it follows restarts."""
+    for child in tree.rt.walk():
+        if child.alive and isinstance(child.handle, Health):
+            return child.handle
+    return None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -51,7 +63,7 @@ class AdminState:
     reload: Callable[[], Awaitable[dict[str, Any]]]
     token: str | None = None
     draining: bool = False
-    find_health: Callable[[], Health | None] = lambda: None
+    find_health: Callable[[], Health | None] = lambda: None  # the daemon passes lambda: find_health(tree)
     started_at: float = field(default_factory=time.time)
     on_mutation: Callable[[str], None] | None = None
     redact: Callable[[Any], Any] = lambda doc: doc
@@ -129,11 +141,8 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
 
-    def tree_doc() -> dict[str, Any]:
-        return state.tree.status()
-
     async def status(_: web.Request) -> web.Response:
-        return _json(tree_doc())
+        return _json(state.tree.status().as_dict())
 
     async def livez(_: web.Request) -> web.Response:
         alive = not state.tree.done
@@ -143,12 +152,12 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         if state.draining:
             return _json({"status": "fail", "output": "draining"}, 503)
         monitor = state.find_health()
-        ok = _tree_ready(tree_doc()) if monitor is None else monitor.ready()
+        ok = tree_ready(state.tree.status()) if monitor is None else monitor.ready()
         return _json({"status": "pass" if ok else "fail"}, 200 if ok else 503)
 
     async def health(_: web.Request) -> web.Response:
         monitor = state.find_health()
-        doc, code = monitor.document() if monitor is not None else tree_health(tree_doc())
+        doc, code = monitor.document() if monitor is not None else tree_health(state.tree.status())
         return _json(doc, code, HEALTH_JSON)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -202,8 +211,8 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
             audit(request, f"{action} {path}", f"conflict: {e}")
             return _error(409, str(e))
         audit(request, f"{action} {path}", "ok")
-        node = next((c for c in tree.which_children(path.rpartition("/")[0]) if c["path"] == path), None)
-        return _json({"path": path, "action": action, "child": node})
+        node = next((c for c in tree.which_children(path.rpartition("/")[0]) if c.path == path), None)
+        return _json({"path": path, "action": action, "child": node.as_dict() if node is not None else None})
 
     async def reload(request: web.Request) -> web.Response:
         denied = authorize(request)
@@ -263,30 +272,28 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
     return value in _TRUE
 
 
-def _tree_ready(doc: dict[str, Any]) -> bool:
-    return doc["state"] == "running" and all(c["state"] == "running" for c in doc["children"])
+def tree_ready(tree: NodeStatus) -> bool:
+    return tree.state is State.RUNNING and all(c.state is State.RUNNING for c in tree.children)
 
 
-def tree_health(doc: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def tree_health(tree: NodeStatus) -> tuple[dict[str, Any], int]:
     """health+json from the tree alone: fail if the root is down, warn if a child is not running."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    checks = []
-    worst = "pass"
-    for c in doc["children"]:
-        st = "pass" if c["state"] == "running" else "warn"
-        if st == "warn":
-            worst = "warn"
-        checks.append(
-            {
-                "componentId": c["path"],
-                "componentType": "component",
-                "observedValue": c["state"],
-                "status": st,
-                "time": now,
-            }
-        )
-    if doc["state"] != "running":
-        worst = "fail"
+    checks = [
+        {
+            "componentId": c.path,
+            "componentType": "component",
+            "observedValue": str(c.state),
+            "status": "pass" if c.state is State.RUNNING else "warn",
+            "time": now,
+        }
+        for c in tree.children
+    ]
+    worst = (
+        "fail"
+        if tree.state is not State.RUNNING
+        else ("warn" if any(c["status"] == "warn" for c in checks) else "pass")
+    )
     body = {
         "status": worst,
         "serviceId": "mcp-supervisor",

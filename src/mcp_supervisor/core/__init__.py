@@ -1,7 +1,10 @@
-"""The supervision engine: OTP semantics for in-process workers and OS processes (stdlib + anyio only)."""
+"""The supervision engine: OTP semantics for in-process workers and OS processes, on the standard library only.
 
-from .clock import Clock, LoopClock, ManualClock
-from .context import ChildContext
+Everything a user needs is exported here; the submodules are the engine's own layout (see docs/architecture.md).
+"""
+
+from .clock import Clock, Deadline, LoopClock, ManualClock
+from .context import ChildContext, Key
 from .errors import (
     CalleeExited,
     CallError,
@@ -17,6 +20,7 @@ from .errors import (
     describe,
 )
 from .events import (
+    BusStatistics,
     ChildExited,
     ChildStarted,
     ChildUnstopped,
@@ -34,7 +38,7 @@ from .events import (
     SupervisorStopped,
 )
 from .intensity import add_restart
-from .mailbox import Call, Cast, Mailbox, Message, Registry
+from .mailbox import Call, Cast, Mailbox, MailboxStatistics, Message, Registry
 from .specs import (
     BRUTAL_KILL,
     INFINITY,
@@ -50,16 +54,18 @@ from .specs import (
     SupervisorSpec,
     WorkerSpec,
 )
-from .supervisor import State, Supervisor
+from .state import ChildCounts, ChildView, LastExit, NodeStatus, State, SupervisorStatistics
+from .supervisor import Supervisor
 from .tree import ShutdownReport, Tree
 
 __all__ = [
-    "BRUTAL_KILL", "INFINITY", "AutoShutdown", "Backoff", "Call", "CallError", "CallTimeout", "CalleeExited",
-    "Cast", "ChildContext", "ChildExited", "ChildSpec", "ChildStarted", "ChildUnstopped", "Clock", "EscapeeKilled",
-    "Event", "EventBus", "ExitReason", "FailedToStartChild", "IntensityExceeded", "LoopClock", "Mailbox",
-    "MailboxFull", "ManualClock", "Message", "NoSuchPath", "NotRunning", "OperationError", "ProcessOutput",
-    "ProcessSpec", "ReadyCommand", "ReadyTCP", "Registry", "Restart", "RestartScheduled", "Shutdown",
+    "BRUTAL_KILL", "INFINITY", "AutoShutdown", "Backoff", "BusStatistics", "Call", "CallError", "CallTimeout",
+    "CalleeExited", "Cast", "ChildContext", "ChildCounts", "ChildExited", "ChildSpec", "ChildStarted",
+    "ChildUnstopped", "ChildView", "Clock", "Deadline", "EscapeeKilled", "Event", "EventBus", "ExitReason",
+    "FailedToStartChild", "IntensityExceeded", "Key", "LastExit", "LoopClock", "Mailbox", "MailboxFull",
+    "MailboxStatistics", "ManualClock", "Message", "NoSuchPath", "NodeStatus", "NotRunning", "OperationError",
+    "ProcessOutput", "ProcessSpec", "ReadyCommand", "ReadyTCP", "Registry", "Restart", "RestartScheduled", "Shutdown",
     "ShutdownReport", "ShutdownTimeout", "SpecError", "SpecWarning", "StartFailed", "State", "Strategy",
-    "Subscription", "Supervisor", "SupervisorError", "SupervisorFlags", "SupervisorSpec", "SupervisorStopped", "Tree",
-    "WorkerSpec", "add_restart", "describe",
+    "Subscription", "Supervisor", "SupervisorError", "SupervisorFlags", "SupervisorSpec", "SupervisorStatistics",
+    "SupervisorStopped", "Tree", "WorkerSpec", "add_restart", "describe",
 ]  # fmt: skip

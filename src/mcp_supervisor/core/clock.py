@@ -138,8 +138,9 @@ class ManualClock:
         self._now = target
 
 
-async def wait_done(clock: Clock, fut: asyncio.Future[Any], timeout: float | None) -> bool:
-    """Wait until ``fut`` is done or ``timeout`` (clock seconds) passes; never cancels ``fut``.
+async def wait_done(clock: Clock | None, fut: asyncio.Future[Any], timeout: float | None) -> bool:
+    """The core's one way to wait: until ``fut`` is done or ``timeout`` seconds of ``clock`` pass (``clock=None``:
+    the loop's real time); never cancels ``fut``.
 
     Returns True when ``fut`` is done. ``timeout=None`` waits forever; ``0`` only yields once.
     """
@@ -150,6 +151,9 @@ async def wait_done(clock: Clock, fut: asyncio.Future[Any], timeout: float | Non
         return True
     if timeout <= 0:
         await asyncio.sleep(0)
+        return fut.done()
+    if clock is None:
+        await asyncio.wait((fut,), timeout=timeout)
         return fut.done()
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -261,3 +265,21 @@ class Deadline:
             return False
         self._fired = False
         return self._task.uncancel() == 0
+
+
+def all_done(futs: list[asyncio.Future[Any]]) -> asyncio.Future[None]:
+    """A future done once every one of ``futs`` is done (never cancels them, unlike gather)."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[None] = loop.create_future()
+    left = [len(futs)]
+
+    def one(_: object) -> None:
+        left[0] -= 1
+        if left[0] == 0 and not out.done():
+            out.set_result(None)
+
+    if not futs:
+        out.set_result(None)
+    for f in futs:
+        f.add_done_callback(one)
+    return out

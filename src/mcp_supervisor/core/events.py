@@ -156,9 +156,16 @@ class Subscription:
 
     def close(self) -> None:
         self.closed = True
-        self._bus._subs.discard(self)
+        self._bus.unsubscribe(self)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    subscribers: int
+    queued: int  # events waiting in subscribers' queues
+    dropped: int  # events dropped because a subscriber's queue was full, since it subscribed
 
 
 class EventBus:
@@ -168,6 +175,13 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def statistics(self) -> BusStatistics:
+        subs = list(self._subs)
+        return BusStatistics(len(subs), sum(len(s) for s in subs), sum(s.dropped for s in subs))
 
     @property
     def active(self) -> bool:

@@ -50,6 +50,14 @@ class Call:
 Message: TypeAlias = Cast | Call
 
 
+@dataclass(frozen=True, slots=True)
+class MailboxStatistics:
+    depth: int  # messages waiting
+    capacity: int
+    waiting_senders: int  # cast/call blocked on a full mailbox
+    pending_calls: int  # calls awaiting a reply
+
+
 class Mailbox:
     """A bounded FIFO of messages for one worker incarnation."""
 
@@ -71,13 +79,8 @@ class Mailbox:
     def closed(self) -> bool:
         return self._closed
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "depth": len(self._q),
-            "capacity": self._capacity,
-            "waiting_senders": len(self._putters),
-            "pending_calls": len(self._pending),
-        }
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(len(self._q), self._capacity, len(self._putters), len(self._pending))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -225,3 +228,11 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(n for n, mb in self._names.items() if not mb.closed)
+
+
+def mailbox_of(registry: Registry, mailboxes: dict[str, Mailbox], target: str) -> Mailbox:
+    """The live mailbox of a registered name or a child path; NotRunning when there is none."""
+    mb = registry.whereis(target) or mailboxes.get(target.strip("/"))
+    if mb is None or mb.closed:
+        raise NotRunning(f"nothing running as {target!r} (unknown, restarting or without a mailbox)")
+    return mb

@@ -19,18 +19,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .events import NORMAL, ExitReason, ProcessOutput
+from .clock import wait_done
+from .context import ChildContext
+from .escapes import Escapes
+from .events import NORMAL, EventBus, ExitReason, ProcessOutput
 from .specs import ProcessSpec, ReadyCommand, ReadyTCP
-
-if TYPE_CHECKING:
-    from .context import ChildContext
-    from .escapes import Escapes
-    from .events import EventBus
-    from .runtime import Runtime
-    from .supervisor import Child
 
 _PR_SET_PDEATHSIG = 1
 _MAX_LINE = 64 * 1024
@@ -400,13 +396,6 @@ class OsProcess:
         return ExitReason("abnormal", f"exit code {code}")
 
 
-async def _until(fut: asyncio.Future[Any], seconds: float) -> bool:
-    """Wait for ``fut`` at most ``seconds``; True if it is done."""
-    if not fut.done():
-        await asyncio.wait((fut,), timeout=seconds)
-    return fut.done()
-
-
 async def _tcp_ready(ready: ReadyTCP, proc: OsProcess) -> bool:
     interval = 0.01
     while not proc.exited.done():
@@ -419,13 +408,13 @@ async def _tcp_ready(ready: ReadyTCP, proc: OsProcess) -> bool:
             return True
         except (OSError, TimeoutError):
             pass
-        if await _until(proc.exited, interval):
+        if await wait_done(None, proc.exited, interval):
             break
         interval = min(interval * 2, 0.25)
     return False
 
 
-async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec, rt: Runtime) -> bool:
+async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec, bus: EventBus) -> bool:
     while not proc.exited.done():
         check = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once; exit is awaited via pidfd
             ready.command,
@@ -437,7 +426,7 @@ async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec
             start_new_session=True,
             close_fds=True,
         )
-        checker = OsProcess(check, proc.path + "#ready", rt.bus, None)
+        checker = OsProcess(check, proc.path + "#ready", bus, None)
         try:
             code = await checker.exited
         except BaseException:
@@ -445,21 +434,29 @@ async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec
             raise
         if code == 0:
             return True
-        if await _until(proc.exited, ready.interval):
+        if await wait_done(None, proc.exited, ready.interval):
             break
     return False
 
 
-async def run_process(spec: ProcessSpec, child: Child, ctx: ChildContext, rt: Runtime) -> ExitReason:
-    """The body of a process child's task: spawn, wait for readiness, report ready, wait for exit."""
-    proc = OsProcess.spawn(spec, child.path, rt.bus, rt.get_guardian(), rt.escapes)
-    child.proc = proc
-    child.pid = proc.pid
+async def run_process(  # noqa: PLR0917
+    spec: ProcessSpec,
+    path: str,
+    ctx: ChildContext,
+    bus: EventBus,
+    guardian: Guardian | None,
+    escapes: Escapes | None,
+    on_spawn: Callable[[OsProcess], None],
+) -> ExitReason:
+    """The body of a process child's task: spawn (``on_spawn`` learns the process), wait for readiness, report
+    ready, wait for the exit; its reason by the rules of :meth:`OsProcess.reason`."""
+    proc = OsProcess.spawn(spec, path, bus, guardian, escapes)
+    on_spawn(proc)
     try:
         if isinstance(spec.ready, ReadyTCP):
             ok = await _tcp_ready(spec.ready, proc)
         elif isinstance(spec.ready, ReadyCommand):
-            ok = await _command_ready(spec.ready, proc, spec, rt)
+            ok = await _command_ready(spec.ready, proc, spec, bus)
         else:
             ok = True
         if ok:

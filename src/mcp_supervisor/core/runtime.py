@@ -1,24 +1,30 @@
-"""State shared by every supervisor of one tree: clock, events, registry, tasks, lookups by path."""
+"""What every supervisor of one tree shares — clock, events, names, tasks, helpers — and lookups by path.
+
+Lookups walk ``Child`` records and their running supervisors through the :class:`~.child.Node` view, so nothing
+here depends on the supervisor itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .child import Child, Node
 from .clock import Clock, LoopClock
+from .context import Key
 from .errors import NoSuchPath, NotRunning
+from .escapes import Escapes
 from .events import EventBus
 from .mailbox import Mailbox, Registry
-
-if TYPE_CHECKING:
-    from .escapes import Escapes
-    from .process import Guardian
-    from .supervisor import Child, Supervisor
+from .process import Guardian
+from .state import ChildView, State
 
 
 class Runtime:
+    """Shared state of one tree. It implements the context's ``Host`` protocol (what workers reach through)."""
+
     def __init__(
         self, *, clock: Clock | None = None, bus: EventBus | None = None, rand: random.Random | None = None
     ) -> None:
@@ -28,23 +34,28 @@ class Runtime:
         self.registry = Registry()
         self.mailboxes: dict[str, Mailbox] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.root: Supervisor | None = None
+        self.root: Node | None = None
         self.unstopped: list[str] = []
         self.guardian: Guardian | None = None
         self.escapes: Escapes | None = None  # set when the tree runs as a child subreaper
-        self._handle_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.extensions: dict[str, Any] = {}  # shared objects the composition root hands to workers
+        self.extensions: dict[Key[Any], Any] = {}  # what the composition root shares with workers
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # path -> callers of handle() waiting for it
+
+    def now(self) -> float:
+        return self.clock.now()
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """A task kept referenced until it ends."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.keep(task)
+        return task
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return task
 
     def get_guardian(self) -> Guardian:
         if self.guardian is None:
-            from .process import Guardian
-
             self.guardian = Guardian.start()
             if self.escapes is not None:
                 self.escapes.exclude.add(self.guardian.pid)
@@ -58,57 +69,45 @@ class Runtime:
             self.guardian = None
 
     # -- lookups -------------------------------------------------------------------------------------------
-    def supervisor_at(self, path: str) -> Supervisor:
-        from .supervisor import Supervisor
-
+    def supervisor_at(self, path: str) -> Node:
+        """The running supervisor at ``path`` ("" is the root); NoSuchPath when there is none."""
         sup = self.root
         if sup is None:
             raise NoSuchPath(path, "supervisor")
         for seg in [s for s in path.strip("/").split("/") if s]:
-            child = sup.by_id.get(seg)
-            if (
-                child is None
-                or not isinstance(child.handle, Supervisor)
-                or child.task is None
-                or not child.alive
-                or not child.handle.running
-            ):
+            child = sup.child(seg)
+            sub = child.running_sub if child is not None else None
+            if sub is None:
                 raise NoSuchPath(path, "running supervisor")
-            sup = child.handle
+            sup = sub
         return sup
 
     def walk(self) -> Iterator[Child]:
         """Every child record of the tree, depth first, entering running supervisors."""
-        from .supervisor import Supervisor
-
         stack = [self.root] if self.root is not None else []
         while stack:
             sup = stack.pop()
             for child in sup.children:
                 yield child
-                if isinstance(child.handle, Supervisor) and child.alive:
-                    stack.append(child.handle)
+                sub = child.running_sub
+                if sub is not None:
+                    stack.append(sub)
+
+    def views(self) -> Iterator[ChildView]:
+        return (c.view() for c in self.walk())
 
     def find(self, path: str) -> Child:
         parent, _, last = path.strip("/").rpartition("/")
         if not last:
             raise NoSuchPath(path)
-        sup = self.supervisor_at(parent)
-        child = sup.by_id.get(last)
+        child = self.supervisor_at(parent).child(last)
         if child is None:
             raise NoSuchPath(path)
         return child
 
-    def mailbox_of(self, target: str) -> Mailbox:
-        mb = self.registry.whereis(target) or self.mailboxes.get(target.strip("/"))
-        if mb is None or mb.closed:
-            raise NotRunning(f"nothing running as {target!r} (unknown, restarting or without a mailbox)")
-        return mb
-
+    # -- handles of running children -----------------------------------------------------------------------
     async def handle(self, path: str, wait: float = 0.0) -> Any:
         """Ready handle of the child at ``path``; waits up to ``wait`` s while it is not running."""
-        from .supervisor import State
-
         path = path.strip("/")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -124,22 +123,23 @@ class Runtime:
             if remaining <= 0:
                 raise NotRunning(f"{path!r} is not running ({state}); waited {wait:g}s")
             fut: asyncio.Future[None] = loop.create_future()
-            self._handle_waiters.setdefault(path, []).append(fut)
+            self._waiting.setdefault(path, []).append(fut)
             timer = loop.call_later(remaining, _wake, fut)
             try:
                 await fut
             finally:
                 timer.cancel()
-                waiters = self._handle_waiters.get(path)
+                waiters = self._waiting.get(path)
                 if waiters is not None and fut in waiters:
                     waiters.remove(fut)
 
     def notify_running(self, path: str) -> None:
-        waiters = self._handle_waiters.pop(path, None)
-        if waiters:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        """The child at ``path`` is running (again): wake the handle() calls waiting for it."""
+        if not self._waiting:
+            return
+        for fut in self._waiting.pop(path, ()):
+            if not fut.done():
+                fut.set_result(None)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

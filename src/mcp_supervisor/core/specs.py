@@ -10,12 +10,10 @@ import enum
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
+from .context import ChildContext
 from .errors import SpecError
-
-if TYPE_CHECKING:
-    from .context import ChildContext
 
 
 class Restart(enum.StrEnum):
@@ -40,7 +38,7 @@ class AutoShutdown(enum.StrEnum):
 BRUTAL_KILL: Literal["brutal_kill"] = "brutal_kill"
 INFINITY: Literal["infinity"] = "infinity"
 ShutdownSpec: TypeAlias = float | Literal["brutal_kill", "infinity"]
-WorkerFn: TypeAlias = "Callable[[ChildContext], Awaitable[None]]"
+WorkerFn: TypeAlias = Callable[[ChildContext], Awaitable[None]]
 
 DEFAULT_WORKER_SHUTDOWN = 5.0
 DEFAULT_START_TIMEOUT = 30.0

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
+from .child import Child
 from .clock import Clock, wait_done
-from .context import ChildContext
+from .context import ChildContext, Key
 from .errors import FailedToStartChild, OperationError, Shutdown, describe
 from .escapes import Escapes, become_subreaper
-from .events import EscapeeKilled, EventBus, ExitReason, SpecWarning
-from .mailbox import DEFAULT_CALL_TIMEOUT
+from .events import BusStatistics, EscapeeKilled, EventBus, ExitReason, SpecWarning
+from .mailbox import DEFAULT_CALL_TIMEOUT, mailbox_of
 from .runtime import Runtime
 from .specs import ChildSpec, SupervisorSpec
-from .supervisor import Child, State, Supervisor
+from .state import ChildCounts, NodeStatus, State
+from .supervisor import Supervisor
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +173,10 @@ class Tree:
 
     # -- runtime operations by path ------------------------------------------------------------------------
     def supervisor(self, path: str = "") -> Supervisor:
-        return self.rt.supervisor_at(path)
+        """The running supervisor at ``path`` ("" is the root); NoSuchPath when there is none."""
+        sup = self.rt.supervisor_at(path)
+        assert isinstance(sup, Supervisor)
+        return sup
 
     def child(self, path: str) -> Child:
         return self.rt.find(path)
@@ -189,76 +197,60 @@ class Tree:
         parent, child_id = _split(path)
         await self.supervisor(parent).delete_child(child_id)
 
-    def which_children(self, sup_path: str = "") -> list[dict[str, Any]]:
+    def which_children(self, sup_path: str = "") -> list[NodeStatus]:
         return self.supervisor(sup_path).which_children()
 
-    def count_children(self, sup_path: str = "") -> dict[str, int]:
+    def count_children(self, sup_path: str = "") -> ChildCounts:
         return self.supervisor(sup_path).count_children()
 
     def get_childspec(self, path: str) -> ChildSpec:
         parent, child_id = _split(path)
         return self.supervisor(parent).get_childspec(child_id)
 
-    # -- messages ------------------------------------------------------------------------------------------
+    # -- messages and shared objects -------------------------------------------------------------------------
     async def call(self, target: str, payload: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
-        return await self.rt.mailbox_of(target).call(payload, timeout)
+        return await mailbox_of(self.rt.registry, self.rt.mailboxes, target).call(payload, timeout)
 
     async def cast(self, target: str, payload: Any) -> None:
-        await self.rt.mailbox_of(target).cast(payload)
+        await mailbox_of(self.rt.registry, self.rt.mailboxes, target).cast(payload)
 
     async def handle(self, path: str, wait: float = 0.0) -> Any:
         return await self.rt.handle(path, wait)
 
+    def provide(self, key: Key[T], value: T) -> None:
+        """Share ``value`` with every worker under ``key`` (``ctx.extension(key)``); before start, typically."""
+        self.rt.extensions[key] = value
+
     # -- views ---------------------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """The tree as a JSON-ready document (the admin port's ``/status``)."""
+    def status(self) -> NodeStatus:
+        """The tree as a typed record (``.as_dict()`` is the admin port's ``/status`` document)."""
         clock_now = self.rt.clock.now()
         wall_now = time.time()
-        sup = self._sup
-        root_state = "stopped"
+        escapes = self.rt.escapes
+        root_state = State.STOPPED
         if self._root.task is not None and not self.done:
-            root_state = "stopping" if self._root.stopping else "running"
-        node: dict[str, Any] = {
-            "id": self.spec.id,
-            "path": "",
-            "kind": "supervisor",
-            "state": root_state,
-            "restarts": 0,
-            "uptime_s": round(clock_now - self._root.started_at, 3) if root_state == "running" else 0.0,
-            "last_exit": None,
-            "strategy": str(self.spec.flags.strategy),
-            "children": [_node(c, clock_now, wall_now, self.rt.escapes) for c in sup.children]
-            if sup is not None
-            else [],
-        }
-        return node
+            root_state = State.STOPPING if self._root.stopping else State.RUNNING
 
+        def node(c: Child) -> NodeStatus:
+            escaped = tuple(escapes.of(c.pid)) if escapes is not None and c.alive and c.pid is not None else ()
+            st = c.status(clock_now, wall_now, escaped)
+            sub = c.running_sub
+            if sub is None:
+                return st
+            return dataclasses.replace(st, children=tuple(node(g) for g in sub.children))
 
-def _node(c: Child, clock_now: float, wall_now: float, escapes: Escapes | None = None) -> dict[str, Any]:
-    node: dict[str, Any] = {
-        "id": c.id,
-        "path": c.path,
-        "kind": c.spec.kind,
-        "state": str(c.state),
-        "restarts": c.restarts,
-        "uptime_s": round(clock_now - c.started_at, 3) if c.state is State.RUNNING and c.started_at else 0.0,
-        "last_exit": (
-            {"reason": c.last_exit.kind, "detail": c.last_exit.detail, "at": c.last_exit_at}
-            if c.last_exit is not None
-            else None
-        ),
-    }
-    if c.spec.kind == "process":
-        node["pid"] = c.pid if c.alive else None
-        if escapes is not None and c.alive and c.pid is not None and (escaped := escapes.of(c.pid)):
-            node["escaped_pids"] = escaped
-    if c.state is State.RESTARTING and c.next_restart_at is not None:
-        node["next_restart_at"] = round(wall_now + (c.next_restart_at - clock_now), 3)
-    if isinstance(c.spec, SupervisorSpec):
-        node["strategy"] = str(c.spec.flags.strategy)
-        sub = c.handle if isinstance(c.handle, Supervisor) and c.alive else None
-        node["children"] = [_node(g, clock_now, wall_now, escapes) for g in sub.children] if sub is not None else []
-    return node
+        return NodeStatus(
+            id=self.spec.id,
+            path="",
+            kind="supervisor",
+            state=root_state,
+            uptime_s=round(clock_now - self._root.started_at, 3) if root_state is State.RUNNING else 0.0,
+            strategy=str(self.spec.flags.strategy),
+            children=tuple(node(c) for c in self._sup.children) if self._sup is not None else (),
+        )
+
+    def statistics(self) -> BusStatistics:
+        return self.rt.bus.statistics()
 
 
 def _split(path: str) -> tuple[str, str]:

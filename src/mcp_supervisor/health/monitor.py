@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..core import ChildContext, Event, NoSuchPath, NotRunning
+from ..core import ChildContext, Event, NoSuchPath, NotRunning, State
 from ..core.specs import WorkerFn
 from ..settings import Settings
 from .probes import CheckOutcome, LoopLag, ProbeResult, open_fds, rss_bytes, run_check
@@ -114,12 +114,11 @@ class HealthMonitor:
 
     # -- probes -------------------------------------------------------------------------------------------
     def _targets(self) -> list[tuple[str, Callable[[], Awaitable[ProbeResult | None]]]]:
-        rt = self.ctx.runtime
         names = self.settings.checks
         if names is None:
             # every running child with a probe, and every one seen before: one that is restarting now fails
             # its check ("not running") instead of silently dropping out of the report
-            for p, h in _running_handles(rt):
+            for p, h in _running_handles(self.ctx):
                 if callable(getattr(h, "probe", None)) and p not in self._known:
                     self._known.append(p)
             names = tuple(self._known)
@@ -184,21 +183,21 @@ class HealthMonitor:
         return state
 
     def _publish(self, snap: Snapshot) -> None:
-        bus = self.ctx.runtime.bus
+        emit = self.ctx.emit
         seen: dict[str, str] = {}
         for o in snap.outcomes:
             key = f"{o.name}:{o.measurement}"
             seen[key] = o.status
             before = self._last.get(key, "unknown")
             if before != o.status:
-                bus.emit(HealthTransition(path=self.ctx.path, check=key, previous=before, current=o.status,
+                emit(HealthTransition(path=self.ctx.path, check=key, previous=before, current=o.status,
                                           output=o.output))  # fmt: skip
         overall_before = self.snapshot.overall
         self._last = seen
         self.snapshot = snap
         if overall_before != snap.overall:
-            bus.emit(HealthTransition(path=self.ctx.path, check="", previous=overall_before, current=snap.overall))
-        bus.emit(HealthRound(path=self.ctx.path, overall=snap.overall, outcomes=snap.outcomes))
+            emit(HealthTransition(path=self.ctx.path, check="", previous=overall_before, current=snap.overall))
+        emit(HealthRound(path=self.ctx.path, overall=snap.overall, outcomes=snap.outcomes))
 
     # -- the admin port's view ----------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -247,11 +246,11 @@ def _iso(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
-def _running_handles(rt: Any) -> list[tuple[str, Any]]:
+def _running_handles(ctx: ChildContext) -> list[tuple[str, Any]]:
     return sorted(
-        (c.path, c.handle)
-        for c in rt.walk()
-        if str(c.state) == "running" and c.handle is not None and not isinstance(c.handle, HealthMonitor)
+        (v.path, v.handle)
+        for v in ctx.views()
+        if v.state is State.RUNNING and v.handle is not None and not isinstance(v.handle, HealthMonitor)
     )
 
 

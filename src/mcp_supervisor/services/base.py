@@ -1,9 +1,11 @@
-"""What every service worker shares: settings helpers, timing into events, and handles that follow restarts.
+"""What every service worker shares: typed references that follow restarts, timing into events, handle state.
 
-A user's worker reaches a service by child path::
+A user's worker reaches a service by child path and handle type::
 
-    db = service(ctx, "db")              # a reference, not a connection: it follows restarts of "db"
-    rows = await db.fetch("SELECT 1")    # waits up to `wait` seconds while "db" restarts, then ServiceUnavailable
+    db = service(ctx, "db", Database)    # a reference, not a connection: it follows restarts of "db"
+    rows = await (await db.get()).fetch("SELECT 1")
+    async with db as h:                  # h: Database; waits up to `wait` s while "db" restarts,
+        await h.execute("...")           # then ServiceUnavailable
 
 Calls go straight to the service's concurrency-safe handle (no mailbox round trip per query).
 """
@@ -13,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from ..core import ChildContext, Event, EventBus, NoSuchPath, NotRunning, SupervisorError, describe
+from ..core import ChildContext, Deadline, Event, NoSuchPath, NotRunning, SupervisorError, describe
 from .events import ServiceOperation
 
 T = TypeVar("T")
@@ -56,30 +58,78 @@ class Handle:
             raise self.unavailable(what)
 
 
-class Emitter:
-    """Times operations and emits :class:`ServiceOperation` events (only when someone listens)."""
+Outcome = Literal["ok", "error", "timeout"]
 
-    def __init__(self, bus: EventBus, path: str, service: str) -> None:
-        self.bus = bus
-        self.path = path
+
+class Emitter:
+    """Times a service's operations and reports them as :class:`ServiceOperation` events (when someone listens)."""
+
+    __slots__ = ("_ctx", "path", "service")
+
+    def __init__(self, ctx: ChildContext, service: str) -> None:
+        self._ctx = ctx
+        self.path = ctx.path
         self.service = service
 
-    def emit(self, event: Event) -> None:
-        if self.bus.active:
-            self.bus.emit(event)
+    @property
+    def active(self) -> bool:
+        return self._ctx.listened
 
-    def op(self, operation: str, started: float, outcome: str = "ok", **extra: Any) -> None:
-        if self.bus.active:
-            self.bus.emit(
+    def emit(self, event: Event) -> None:
+        self._ctx.emit(event)
+
+    def op(self, operation: str, started: float, outcome: Outcome = "ok", **extra: Any) -> None:
+        if self._ctx.listened:
+            self._ctx.emit(
                 ServiceOperation(
                     path=self.path,
                     service=self.service,
                     operation=operation,
-                    outcome=outcome,  # type: ignore[arg-type]
+                    outcome=outcome,
                     duration_s=time.perf_counter() - started,
                     **extra,
                 )
             )
+
+    async def measure(
+        self,
+        operation: str,
+        call: Awaitable[T],
+        fail: Callable[[Exception], Exception],
+        *,
+        timeout: float | None = None,
+        detail: Callable[[T], dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> T:
+        """The services' one helper: await ``call``, bounded by ``timeout``; report its outcome and duration; on a
+        failure raise what ``fail`` maps it to (``ServiceUnavailable`` for a lost server, a typed error otherwise;
+        returning the exception itself re-raises it). An expired timeout reaches ``fail`` as a ``TimeoutError``.
+        ``detail`` adds fields computed from the result (a cache hit or miss)."""
+        t0 = time.perf_counter()
+        deadline: Deadline | None = None
+        if timeout is not None:
+            deadline = Deadline()
+            deadline.arm(timeout)
+        try:
+            result = await call
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.expired_here():
+                raise
+            self.op(operation, t0, "timeout", **extra)
+            raise fail(TimeoutError(f"{operation} did not finish within {timeout:g}s")) from None
+        except Exception as e:
+            mapped = fail(e)
+            timed_out = isinstance(mapped, TimeoutError) or "Timeout" in type(e).__name__
+            self.op(operation, t0, "timeout" if timed_out else "error", **extra)
+            if mapped is e:
+                raise
+            raise mapped from e
+        finally:
+            if deadline is not None:
+                deadline.disarm()
+        if self._ctx.listened:
+            self.op(operation, t0, **(detail(result) if detail is not None else {}), **extra)
+        return result
 
 
 async def retry_connect(
@@ -106,70 +156,37 @@ async def retry_connect(
     raise AssertionError("unreachable")
 
 
-class ServiceRef:
-    """A reference to the service at ``path`` that resolves its current handle on every call."""
+class ServiceRef(Generic[T]):
+    """A reference to the service at ``path``, whose handle is a ``kind``; it resolves the current handle on use."""
 
-    def __init__(self, ctx: ChildContext, path: str, wait: float = DEFAULT_WAIT) -> None:
+    __slots__ = ("_ctx", "_kind", "_path", "_wait")
+
+    def __init__(self, ctx: ChildContext, path: str, kind: type[T], wait: float = DEFAULT_WAIT) -> None:
         self._ctx = ctx
         self._path = path
+        self._kind = kind
         self._wait = wait
 
-    async def current(self) -> Any:
+    async def get(self) -> T:
+        """The running service's handle, waiting up to ``wait`` seconds while it (re)starts.
+
+        Raises ServiceUnavailable when it is not back in time, ServiceError when the child's handle is not a ``kind``.
+        """
         try:
-            return await self._ctx.handle(self._path, self._wait)
+            handle = await self._ctx.handle(self._path, self._wait)
         except (NotRunning, NoSuchPath) as e:
             raise ServiceUnavailable(f"{self._path} is unavailable: {e}") from None
+        if not isinstance(handle, self._kind):
+            raise ServiceError(f"{self._path} provides a {type(handle).__name__}, not a {self._kind.__name__}")
+        return handle
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _Deferred(self, name)
+    async def __aenter__(self) -> T:
+        return await self.get()
 
-
-class _Deferred:
-    def __init__(self, ref: ServiceRef, name: str) -> None:
-        self._ref = ref
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Pending:
-        return _Pending(self._ref, self._name, args, kwargs)
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
-class _Pending:
-    """Either awaited (a call) or used as ``async with`` / ``async for`` (a context manager or an iterator)."""
-
-    def __init__(self, ref: ServiceRef, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._ref, self._name, self._args, self._kwargs = ref, name, args, kwargs
-        self._cm: Any = None
-        self._it: Any = None
-
-    async def _target(self) -> Any:
-        handle = await self._ref.current()
-        return getattr(handle, self._name)(*self._args, **self._kwargs)
-
-    def __await__(self) -> Any:
-        async def go() -> Any:
-            result = await self._target()
-            return await result if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future) else result
-
-        return go().__await__()
-
-    async def __aenter__(self) -> Any:
-        self._cm = await self._target()
-        return await self._cm.__aenter__()
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._cm.__aexit__(*exc)
-
-    def __aiter__(self) -> _Pending:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._it is None:
-            self._it = (await self._target()).__aiter__()
-        return await self._it.__anext__()
-
-
-def service(ctx: ChildContext, path: str, wait: float = DEFAULT_WAIT) -> Any:
-    """A reference to the service child at ``path`` (see the module docstring)."""
-    return ServiceRef(ctx, path, wait)
+def service(ctx: ChildContext, path: str, kind: type[T], wait: float = DEFAULT_WAIT) -> ServiceRef[T]:
+    """A typed reference to the service child at ``path`` (see the module docstring)."""
+    return ServiceRef(ctx, path, kind, wait)

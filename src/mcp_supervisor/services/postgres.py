@@ -19,12 +19,12 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any, Literal
 
 import asyncpg
 
-from ..core import ChildContext, describe
-from ..core.clock import Deadline
+from ..core import ChildContext, Deadline, describe
 from ..core.specs import WorkerFn
 from ..health.probes import ProbeResult, Status
 from ..settings import Settings, read_secret_file
@@ -187,36 +187,24 @@ class Database:
             deadline.disarm()
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...], timeout: float | None) -> Any:
-        t0 = time.perf_counter()
         conn = await self._checkout()
         limit = timeout or self.settings.command_timeout
-        deadline = Deadline()  # client side: also bounds a server that stopped answering
-        deadline.arm(limit)
-        try:
-            result = await getattr(conn, method)(sql, *args)
-        except asyncio.CancelledError:
-            if not deadline.expired_here():
-                raise
-            self._emit.query(sql, t0, "timeout")
-            raise TimeoutError(f"query did not finish within {limit:g}s (cancelled on the server)") from None
-        except asyncpg.QueryCanceledError as e:
-            if "statement timeout" not in str(e):
-                self._emit.query(sql, t0, "error")
-                raise
-            self._emit.query(sql, t0, "timeout")  # the server's statement_timeout came first
-            raise TimeoutError(f"query did not finish within {limit:g}s (statement_timeout)") from None
-        except _CONNECTION_ERRORS as e:
-            self._emit.query(sql, t0, "error")
-            raise ServiceUnavailable(f"database connection lost: {describe(e)}") from e
-        except Exception:
-            self._emit.query(sql, t0, "error")
-            raise
+        try:  # the client-side deadline also bounds a server that stopped answering
+            return await self._emit.measure(
+                _operation(sql), getattr(conn, method)(sql, *args), partial(self._fail, limit), timeout=limit,
+                statement=sql[:1000],
+            )  # fmt: skip
         finally:
-            deadline.disarm()
             await self.pool.release(conn)
-        if self._emit.bus._subs:
-            self._emit.query(sql, t0, "ok")
-        return result
+
+    def _fail(self, limit: float, e: Exception) -> Exception:
+        if isinstance(e, TimeoutError):
+            return TimeoutError(f"query did not finish within {limit:g}s (cancelled on the server)")
+        if isinstance(e, asyncpg.QueryCanceledError) and "statement timeout" in str(e):
+            return TimeoutError(f"query did not finish within {limit:g}s (statement_timeout)")
+        if isinstance(e, _CONNECTION_ERRORS):
+            return ServiceUnavailable(f"database connection lost: {describe(e)}")
+        return e
 
     async def fetch(self, sql: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
         result: list[asyncpg.Record] = await self._run("fetch", sql, args, timeout)
@@ -383,24 +371,19 @@ async def _register_codecs(conn: asyncpg.Connection) -> None:
 class DbEmitter(Emitter):
     """Query events: SQL text and duration, never the arguments."""
 
-    def query(self, sql: str, started: float, outcome: Literal["ok", "error", "timeout"]) -> None:
-        if self.bus._subs:
-            self.bus.emit(ServiceOperation(path=self.path, service="db", operation=_operation(sql), outcome=outcome,
-                                           duration_s=time.perf_counter() - started, statement=sql[:1000]))  # fmt: skip
-
     def logged(self, q: Any) -> None:
         """asyncpg query logger (``query_events = "all"``): also the queries run on checked-out connections."""
-        if not self.bus._subs:
+        if not self.active:
             return
         outcome: Literal["ok", "error", "timeout"] = "ok"
         if q.exception is not None:
             outcome = "timeout" if isinstance(q.exception, TimeoutError) else "error"
-        self.bus.emit(ServiceOperation(path=self.path, service="db", operation=_operation(q.query),
-                                       outcome=outcome, duration_s=q.elapsed, statement=q.query[:1000]))  # fmt: skip
+        self.emit(ServiceOperation(path=self.path, service="db", operation=_operation(q.query),
+                                   outcome=outcome, duration_s=q.elapsed, statement=q.query[:1000]))  # fmt: skip
 
 
 async def run_postgres(ctx: ChildContext, settings: PgSettings) -> None:
-    emitter = DbEmitter(ctx.runtime.bus, ctx.path, "db")
+    emitter = DbEmitter(ctx, "db")
     pool = await open_pool(settings, emitter)
     db = Database(pool, settings, emitter)
     try:

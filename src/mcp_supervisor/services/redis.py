@@ -19,7 +19,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -34,6 +35,8 @@ from ..health.probes import ProbeResult
 from ..settings import Settings, read_secret_file
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
+
+T = TypeVar("T")
 
 
 class _Miss:
@@ -93,6 +96,10 @@ def _decode(raw: bytes | str | None) -> Any:
     if not isinstance(env, dict) or set(env) != {"v"}:
         raise CacheError("a stored value is not in the cache envelope (written by something else?)")
     return env["v"]
+
+
+def _hit(raw: object) -> dict[str, Any]:
+    return {"result": "miss" if raw is None else "hit"}
 
 
 def _ttl(ttl: float | None) -> int | None:
@@ -195,49 +202,29 @@ class Cache(Handle):
             raise ValueError(f"cache key must be a non-empty string, got {key!r}")
         return f"{self.settings.namespace}:{key}" if self.settings.namespace else key
 
-    def _failure(self, operation: str, started: float, e: RedisError | OSError) -> ServiceError:
-        """Report a failed operation and return the error to raise (never a silent miss)."""
+    def _fail(self, operation: str, e: Exception) -> Exception:
+        """A Redis failure as the error to raise: never a silent miss."""
         if self.closed:
-            self._emit.op(operation, started, "error")
             return self.unavailable(operation)
         if isinstance(e, RedisConnectionError | RedisTimeoutError | OSError):
-            self._emit.op(operation, started, "timeout" if isinstance(e, RedisTimeoutError) else "error")
             return ServiceUnavailable(f"redis {self.settings.describe()} is unreachable: {type(e).__name__}")
-        self._emit.op(operation, started, "error")
-        return CacheError(f"redis {operation} failed: {describe(e)}")
+        if isinstance(e, RedisError):
+            return CacheError(f"redis {operation} failed: {describe(e)}")
+        return e
 
-    async def _call(self, operation: str, call: Awaitable[Any], **extra: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            self.check_open(operation, call)
-            result = await call
-        except (RedisError, OSError) as e:
-            raise self._failure(operation, t0, e) from e
-        self._emit.op(operation, t0, **extra)
-        return result
+    async def _call(self, operation: str, call: Awaitable[T], **extra: Any) -> T:
+        self.check_open(operation, call)
+        return await self._emit.measure(operation, call, partial(self._fail, operation), **extra)
 
     # -- key/value -----------------------------------------------------------------------------------------
     async def get(self, key: str) -> Any:
         """The stored value, or :data:`MISS` (a stored ``None`` comes back as ``None``)."""
-        t0 = time.perf_counter()
-        try:
-            raw = await self.client.get(self.key(key))
-        except (RedisError, OSError) as e:
-            raise self._failure("get", t0, e) from e
-        value = _decode(raw)
-        if self._emit.bus._subs:
-            self._emit.op("get", t0, result="miss" if value is MISS else "hit")
-        return value
+        raw = await self._emit.measure("get", self.client.get(self.key(key)), partial(self._fail, "get"), detail=_hit)
+        return _decode(raw)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         payload, ex, k = _encode(value), _ttl(ttl), self.key(key)
-        t0 = time.perf_counter()
-        try:
-            await self.client.set(k, payload, ex=ex)
-        except (RedisError, OSError) as e:
-            raise self._failure("set", t0, e) from e
-        if self._emit.bus._subs:
-            self._emit.op("set", t0)
+        await self._emit.measure("set", self.client.set(k, payload, ex=ex), partial(self._fail, "set"))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
@@ -288,7 +275,7 @@ class Cache(Handle):
             task = asyncio.ensure_future(self._fill(key, compute, ttl, flight))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif self._emit.bus.active:
+        elif self._emit.active:
             self._emit.emit(ServiceOperation(path=self._emit.path, service="cache", operation="coalesced"))
         return await asyncio.shield(flight)
 
@@ -389,7 +376,7 @@ class Cache(Handle):
 
 
 async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
-    emitter = Emitter(ctx.runtime.bus, ctx.path, "cache")
+    emitter = Emitter(ctx, "cache")
     client = settings.client()
 
     async def connect() -> None:

@@ -174,15 +174,10 @@ class Storage(Handle):
         self.aborted_uploads = 0
 
     async def _do(self, what: str, call: Any, **extra: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            self.check_open(what, call)
-            result = await call
-        except (TimeoutError, ClientError, BotoCoreError, OSError) as e:
-            self._emit.op(what, t0, "error")
-            raise (self.unavailable(what) if self.closed else _map(e, what)) from e
-        self._emit.op(what, t0, **extra)
-        return result
+        self.check_open(what, call)
+        return await self._emit.measure(
+            what, call, lambda e: self.unavailable(what) if self.closed else _map(e, what), **extra
+        )
 
     # -- upload --------------------------------------------------------------------------------------------
     async def upload(
@@ -373,7 +368,7 @@ async def _chunks(source: Any, size: int) -> AsyncIterator[bytes]:
 
 
 async def run_s3(ctx: ChildContext, settings: S3Settings) -> None:
-    emitter = Emitter(ctx.runtime.bus, ctx.path, "storage")
+    emitter = Emitter(ctx, "storage")
     session = get_session()
     async with session.create_client(
         "s3", endpoint_url=settings.endpoint, region_name=settings.region,

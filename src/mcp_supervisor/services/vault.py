@@ -406,7 +406,7 @@ async def _token_keeper(vault: Vault, settings: VaultSettings) -> None:
 
 
 async def run_vault(ctx: ChildContext, settings: VaultSettings) -> None:
-    emitter = Emitter(ctx.runtime.bus, ctx.path, "vault")
+    emitter = Emitter(ctx, "vault")
     async with aiohttp.ClientSession() as session:
         vault = Vault(session, settings, emitter)
         if vault.token:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -12,45 +11,43 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..core import Key, NodeStatus, State
 
 # The classic text format, which every Prometheus version accepts (3.0 rejects a scrape without a valid type).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("starting", "running", "restarting", "stopping", "stopped")
+
+
+METRICS_REGISTRY: Key[CollectorRegistry] = Key("metrics_registry")
+"""The daemon's one Prometheus registry, shared with the telemetry worker (``ctx.extension(METRICS_REGISTRY)``)."""
 
 
 class TreeCollector(Collector):
-    """Per-child up, state (one-hot) and restarts, read from the tree's status document at scrape time."""
+    """Per-child up, state (one-hot) and restarts, read from the tree's status at scrape time."""
 
-    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, status: Callable[[], NodeStatus | None]) -> None:
         self._status = status
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("mcp_child_up", "1 when the child is running", labels=["child", "kind"])
         state = GaugeMetricFamily("mcp_child_state", "The child's state (one-hot)", labels=["child", "state"])
         restarts = CounterMetricFamily("mcp_child_restarts", "Restarts of the child", labels=["child"])
-        doc = self._status()
-        if doc is not None:
-            for node in _walk(doc):
-                child = node["path"] or "/"
-                up.add_metric([child, node["kind"]], 1.0 if node["state"] == "running" else 0.0)
-                for s in STATES:
-                    state.add_metric([child, s], 1.0 if node["state"] == s else 0.0)
-                restarts.add_metric([child], float(node["restarts"]))
+        tree = self._status()
+        if tree is not None:
+            for node in tree.walk():
+                child = node.path or "/"
+                up.add_metric([child, node.kind], 1.0 if node.state is State.RUNNING else 0.0)
+                for s in State:
+                    state.add_metric([child, s.value], 1.0 if node.state is s else 0.0)
+                restarts.add_metric([child], float(node.restarts))
         yield up
         yield state
         yield restarts
 
 
-def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for c in node.get("children", ()):
-        yield from _walk(c)
-
-
 class DaemonMetrics:
     """The daemon's registry: tree state, reloads, watchdog, event drops, build info, process metrics."""
 
-    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, status: Callable[[], NodeStatus | None]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         self.registry.register(TreeCollector(status))

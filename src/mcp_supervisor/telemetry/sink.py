@@ -24,6 +24,7 @@ from ..health.monitor import HealthRound, HealthTransition
 from ..services.events import ServiceOperation, ServiceState
 from ..settings import DAY, Settings
 from .logs import get_logger
+from .metrics import METRICS_REGISTRY
 
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STORAGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -149,13 +150,11 @@ class Sink:
 
 
 async def run_sink(ctx: ChildContext, settings: SinkSettings) -> None:
-    rt = ctx.runtime
-    registry = rt.extensions.get("metrics_registry")
-    if not isinstance(registry, CollectorRegistry):
-        registry = rt.extensions.setdefault("metrics_registry", CollectorRegistry())
+    # the daemon shares its registry; alone (a test, an embedding) the sink brings its own
+    registry = ctx.extension(METRICS_REGISTRY) or ctx.provide(METRICS_REGISTRY, CollectorRegistry())
     metrics = ServiceMetrics.for_registry(registry)
     sink = Sink(settings, metrics, get_logger())
-    sub = rt.bus.subscribe(maxlen=settings.queue)
+    sub = ctx.subscribe(maxlen=settings.queue)
     ctx.started(sink)
     reported = 0
     try:
