@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+from functools import partial
 
 import pytest
 
-from mcp_supervisor.config import parse_config
+from mcp_supervisor.app import BUILTIN_WORKERS
+from mcp_supervisor.config import parse_config as _parse_config
 from mcp_supervisor.redact import MASK, Redactor
 from mcp_supervisor.telemetry import logs
+
+parse_config = partial(_parse_config, workers=BUILTIN_WORKERS)  # the daemon's built-in worker names
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,16 @@ EXIT_OK = 0
 EXIT_GAVE_UP = 1
 EXIT_CONFIG = 78
 
+BUILTIN_WORKERS: dict[str, str] = {
+    "postgres": "mcp_supervisor.services.postgres:factory",
+    "redis": "mcp_supervisor.services.redis:factory",
+    "s3": "mcp_supervisor.services.s3:factory",
+    "vault": "mcp_supervisor.services.vault:factory",
+    "health": "mcp_supervisor.health.monitor:factory",
+    "telemetry": "mcp_supervisor.telemetry.sink:factory",
+}
+"""The worker names a config may use without a module path (``worker = "postgres"``), imported only when used."""
+
 
 def read_token(path: str | None) -> str | None:
     if path is None:
@@ -49,7 +59,7 @@ def read_token(path: str | None) -> str | None:
 def load(config_path: str | None, current: str | None = None) -> tuple[Config, str | None]:
     """The guard of every entrance (run, SIGHUP, POST /reload): any failure is a ConfigError, never a crash."""
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, workers=BUILTIN_WORKERS)
         return cfg, read_token(cfg.daemon.admin_token_file)
     except ConfigError:
         raise

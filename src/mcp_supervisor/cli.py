@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from .config.load import DEFAULT_ADMIN
+from .app import BUILTIN_WORKERS
+from .config import DEFAULT_ADMIN, DEFAULT_CONFIG_PATH, ConfigError, load_config
 from .core.errors import describe
 
 EXIT_USAGE = 2
@@ -85,7 +85,7 @@ async def db_command(args: argparse.Namespace) -> int:
         if args.dsn:
             settings = PgSettings({})  # connection details come from the DSN
         else:
-            cfg = load_config(args.config)
+            cfg = load_config(args.config, workers=BUILTIN_WORKERS)
             entries = [e for e in cfg.entries.values() if e.worker == "postgres"]
             if args.child:
                 entries = [e for e in entries if e.path == args.child.strip("/")]
@@ -130,7 +130,7 @@ async def db_command(args: argparse.Namespace) -> int:
 
 def check_config(path: str | None) -> int:
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, workers=BUILTIN_WORKERS)
     except ConfigError as e:
         print(f"invalid config: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -159,7 +159,11 @@ def _admin_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
     admin, token_file = args.admin, args.token_file or os.environ.get("MCP_SUPERVISOR_TOKEN_FILE")
     if admin is None or (token_file is None and args.config):
         try:
-            cfg = load_config(args.config) if (args.config or os.path.exists(DEFAULT_CONFIG_PATH)) else None
+            cfg = (
+                load_config(args.config, workers=BUILTIN_WORKERS)
+                if (args.config or os.path.exists(DEFAULT_CONFIG_PATH))
+                else None
+            )
         except ConfigError:
             cfg = None
         if cfg is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from mcp_supervisor.config import builtin_workers
+from mcp_supervisor.app import BUILTIN_WORKERS
 from mcp_supervisor.settings import is_secret_key
 
 SECRET = "S3cr3t-Planted-C0FFEE-42"
@@ -20,7 +20,7 @@ ENV = {"SET": "5", "EMPTY": "", "SECRET_VAR": SECRET, "HOME": "/root"}
 
 WORKER_KEYS: dict[str, list[str]] = {
     name: sorted(importlib.import_module(target.partition(":")[0]).SETTINGS_KEYS)
-    for name, target in builtin_workers().items()
+    for name, target in BUILTIN_WORKERS.items()
 }
 FLAG_KEYS = ["strategy", "intensity", "period", "auto_shutdown"]
 COMMON_KEYS = ["restart", "shutdown", "significant", "backoff"]

@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 
-from mcp_supervisor.config import ConfigError, parse_config
+from mcp_supervisor.app import BUILTIN_WORKERS
+from mcp_supervisor.config import ConfigError
+from mcp_supervisor.config import parse_config as _parse_config
 from mcp_supervisor.core import SupervisorSpec
 from tests.config.hostile import ENV, SECRET, documents, render
 from tests.daemon_helpers import Daemon, wait_until
@@ -23,6 +26,8 @@ FILE = "h.toml"
 LOCATED = re.compile(rf"^{re.escape(FILE)}(:\d+)?: \S")
 EXAMPLES = int(os.environ.get("MCP_HYPOTHESIS_EXAMPLES", "2000"))
 ROOT = Path(__file__).resolve().parents[2]
+
+parse_config = partial(_parse_config, workers=BUILTIN_WORKERS)  # the daemon's built-in worker names
 
 
 def outcome(text: str) -> str | None:

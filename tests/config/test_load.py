@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from mcp_supervisor.config import ConfigError, parse_config
+from mcp_supervisor.app import BUILTIN_WORKERS
+from mcp_supervisor.config import ConfigError
+from mcp_supervisor.config import parse_config as _parse_config
 from mcp_supervisor.config.locate import too_deep
 from mcp_supervisor.core import ProcessSpec, ReadyTCP, SupervisorSpec
 
@@ -36,6 +39,8 @@ shutdown = 10
 backoff = { initial = 0.5, max = 30 }
 ready = { tcp = "127.0.0.1:8081", timeout = 15 }
 """
+
+parse_config = partial(_parse_config, workers=BUILTIN_WORKERS)  # the daemon's built-in worker names
 
 
 def test_the_documented_shape_builds_the_specs() -> None:

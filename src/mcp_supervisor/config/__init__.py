@@ -4,26 +4,19 @@ Errors are :class:`ConfigError` naming the file, the line where it can be found,
 ``config.toml:14: tree.children[1].children[0].shutdown: must be >= 0 seconds, "brutal_kill" or "infinity", got -1``.
 """
 
-from .load import (
-    DEFAULT_CONFIG_PATH,
-    ChildEntry,
-    Config,
-    ConfigError,
-    DaemonConfig,
-    WorkerFactory,
-    builtin_workers,
-    load_config,
-    parse_config,
-)
+from .load import load_config, parse_config
+from .model import DEFAULT_ADMIN, DEFAULT_CONFIG_PATH, ChildEntry, Config, ConfigError, DaemonConfig, WorkerFactory
+from .reader import split_host_port
 
 __all__ = [
+    "DEFAULT_ADMIN",
     "DEFAULT_CONFIG_PATH",
     "ChildEntry",
     "Config",
     "ConfigError",
     "DaemonConfig",
     "WorkerFactory",
-    "builtin_workers",
     "load_config",
     "parse_config",
+    "split_host_port",
 ]

@@ -15,46 +15,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 from . import policy
 from .child import Child
-from .context import ChildContext, current_child
-from .errors import FailedToStartChild, NoSuchPath, NotRunning, OperationError, Shutdown, SpecError, describe
+from .context import ChildContext
+from .errors import FailedToStartChild, NoSuchPath, NotRunning, OperationError, Shutdown, SpecError
 from .events import (
-    NORMAL,
-    SHUTDOWN,
-    ChildExited,
-    ChildStarted,
     ExitReason,
     IntensityExceeded,
     RestartScheduled,
-    StartFailed,
     SupervisorStopped,
 )
 from .intensity import RestartWindow
-from .process import OsProcess, run_process
 from .reconcile import Step, plan
 from .runtime import Runtime
 from .shutdown import Stopper
 from .specs import AutoShutdown, ChildSpec, ProcessSpec, Restart, Strategy, SupervisorFlags, SupervisorSpec, WorkerSpec
+from .start import Starter, StartFailure
 from .state import ChildCounts, NodeStatus, State, SupervisorStatistics
-
-
-class _StartTimeout(Exception):
-    pass
-
-
-class _StartFailure(Exception):
-    def __init__(self, reason: ExitReason) -> None:
-        self.reason = reason
-        super().__init__(str(reason))
-
-
-def _start_timed_out(ready: asyncio.Future[Any]) -> None:
-    if not ready.done():
-        ready.set_exception(_StartTimeout())
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +74,8 @@ class Supervisor:
         self._closed = False  # stopping or stopped: every request fails at once (OTP answers noproc)
         self._seq = 0
         self._dynamic = spec.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE
-        self._stopper = Stopper(rt, self._finish_unstarted)
+        self._starter = Starter(rt, self._run_sub, self._stop_child, self._exited)
+        self._stopper = Stopper(rt, self._starter.finish_unstarted)
 
     # -- what the rest of the core sees (child.Node) ------------------------------------------------------------
     @property
@@ -158,8 +138,8 @@ class Supervisor:
                     self._add(spec)
                 for child in list(self._children):
                     try:
-                        await self._start(child)
-                    except _StartFailure as e:
+                        await self._starter.start(child)
+                    except StartFailure as e:
                         await self._stop_all()
                         raise FailedToStartChild(child.path, str(e.reason)) from None
                     if child.spec.restart is Restart.TEMPORARY and not child.alive:
@@ -183,6 +163,9 @@ class Supervisor:
             finally:
                 self._wake = None
         return self._inbox.popleft()
+
+    def _exited(self, child: Child, gen: int, reason: ExitReason) -> None:
+        self._post(_Exited(child, gen, reason))
 
     def _post(self, msg: _Msg) -> None:
         self._inbox.append(msg)
@@ -234,133 +217,18 @@ class Supervisor:
                         reply.set_result(result)
 
     # -- starting ------------------------------------------------------------------------------------------
-    async def _start(self, child: Child) -> None:
-        """Start one child and wait until it is ready; raises _StartFailure."""
-        rt = self.rt
-        loop = asyncio.get_running_loop()
-        child.gen += 1
-        gen = child.gen
-        child.stop_requested = False
-        child.state = State.STARTING
-        child.handle = None
-        child.sub = None
-        child.pid = None
-        child.proc = None
-        exit_fut: asyncio.Future[ExitReason] = loop.create_future()
-        ready: asyncio.Future[Any] = loop.create_future()
-        child.exit_fut = exit_fut
-        child.ready_fut = ready
-        spec = child.spec
-        args = spec.args if isinstance(spec, WorkerSpec) else ()
-        ctx = ChildContext(child.path, child.id, tuple(args), ready, rt, shutdown_s=spec.shutdown_timeout)
-        child.ctx = ctx
-        child.task = loop.create_task(self._child_main(child, gen, ctx, exit_fut), name=child.path)
-        start_timeout = None if isinstance(spec, SupervisorSpec) else spec.start_timeout
-        timer = rt.clock.call_later(start_timeout, partial(_start_timed_out, ready)) if start_timeout else None
-        try:
-            handle = await ready
-        except _StartTimeout:
-            await self._stopper.stop(child)
-            reason = ExitReason("abnormal", f"not ready within its start timeout of {start_timeout:g}s")
-            self._start_failed(child, reason)
-        except _StartFailure as e:
-            self._start_failed(child, e.reason)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        child.handle = handle
-        if isinstance(handle, Supervisor):
-            child.sub = handle
-        child.state = State.RUNNING
-        child.started_at = rt.clock.now()
-        if child.last_exit is not None or child.restarts:
-            child.restarts += 1
-        rt.notify_running(child.path)
-        if rt.bus.active:
-            rt.bus.emit(ChildStarted(path=child.path, kind=spec.kind, pid=child.pid, restarts=child.restarts))
-
     async def _start_or_fail(self, child: Child) -> None:
         """A start asked for by a runtime operation: its failure is the operation's error."""
         try:
-            await self._start(child)
-        except _StartFailure as e:
+            await self._starter.start(child)
+        except StartFailure as e:
             raise FailedToStartChild(child.path, str(e.reason)) from None
 
-    def _start_failed(self, child: Child, reason: ExitReason) -> NoReturn:
-        child.state = State.STOPPED
-        child.task = None
-        child.last_exit = reason
-        child.last_exit_at = time.time()
-        if self.rt.bus.active:
-            self.rt.bus.emit(StartFailed(path=child.path, reason=reason))
-        raise _StartFailure(reason)
+    async def _stop_child(self, child: Child) -> bool:
+        return await self._stopper.stop(child)
 
-    async def _child_main(
-        self, child: Child, gen: int, ctx: ChildContext, exit_fut: asyncio.Future[ExitReason]
-    ) -> None:
-        spec = child.spec
-        reason = NORMAL
-        current_child.set(child.path)  # this task's own context: its log lines carry the child's path
-        try:
-            if isinstance(spec, WorkerSpec):
-                await spec.run(ctx)
-            elif isinstance(spec, SupervisorSpec):
-                await Supervisor(spec, child.path, self.rt).run(ctx)
-            else:
-                rt = self.rt
-                reason = await run_process(
-                    spec, child.path, ctx, rt.bus, rt.get_guardian(), rt.escapes, partial(_spawned, child)
-                )
-        except Shutdown as e:
-            reason = ExitReason("shutdown", "" if e.reason == "shutdown" else e.reason)
-        except asyncio.CancelledError:
-            if child.stop_requested and child.gen == gen:
-                reason = SHUTDOWN
-            else:
-                reason = ExitReason("abnormal", "cancelled by something other than its supervisor")
-                self._finish(child, gen, ctx, exit_fut, reason)
-                raise
-        except BaseException as e:  # noqa: BLE001 - SystemExit/KeyboardInterrupt in a child is its own failure
-            reason = ExitReason("abnormal", describe(e))
-        self._finish(child, gen, ctx, exit_fut, reason)
-
-    def _finish(
-        self,
-        child: Child,
-        gen: int,
-        ctx: ChildContext,
-        exit_fut: asyncio.Future[ExitReason],
-        reason: ExitReason | None,
-    ) -> None:
-        """Record an incarnation's end exactly once (also when its task never ran: trap T7)."""
-        if exit_fut.done():
-            return
-        if reason is None:
-            reason = SHUTDOWN if child.stop_requested else ExitReason("abnormal", "task ended before it ran")
-        ctx.end(reason)
-        exit_fut.set_result(reason)
-        ready = child.ready_fut if child.gen == gen else None
-        if ready is not None:
-            if not ready.done():
-                ready.set_exception(_StartFailure(reason))
-                return
-            if ready.cancelled() or ready.exception() is not None:  # never became ready: a start failure
-                return
-        if child.gen != gen:
-            return
-        uptime = self.rt.clock.now() - child.started_at if child.started_at is not None else 0.0
-        child.last_exit = reason
-        child.last_exit_at = time.time()
-        if self.rt.bus.active:
-            self.rt.bus.emit(
-                ChildExited(path=child.path, kind=child.spec.kind, reason=reason, pid=child.pid, uptime_s=uptime)
-            )
-        if not child.stop_requested:
-            self._post(_Exited(child, gen, reason))
-
-    def _finish_unstarted(self, child: Child) -> None:
-        if child.exit_fut is not None and not child.exit_fut.done() and child.ctx is not None:
-            self._finish(child, child.gen, child.ctx, child.exit_fut, None)
+    async def _run_sub(self, spec: SupervisorSpec, path: str, ctx: ChildContext) -> None:
+        await Supervisor(spec, path, self.rt).run(ctx)
 
     # -- exits and restarts --------------------------------------------------------------------------------
     async def _on_exit(self, child: Child, reason: ExitReason) -> None:
@@ -441,8 +309,8 @@ class Supervisor:
             if not self._registered(c) or c.alive:
                 continue
             try:
-                await self._start(c)
-            except _StartFailure:
+                await self._starter.start(c)
+            except StartFailure:
                 await self._retry_after_failure(group, i)
                 return
 
@@ -607,8 +475,8 @@ class Supervisor:
             self._children = order
             for c in to_start:
                 try:
-                    await self._start(c)
-                except _StartFailure as e:
+                    await self._starter.start(c)
+                except StartFailure as e:
                     changes.append((c.path, f"failed to start: {e.reason}"))
             return changes
 
@@ -643,11 +511,6 @@ class Supervisor:
     def get_childspec(self, child_id: str) -> ChildSpec:
         self._check_open()
         return self._get(child_id).spec
-
-
-def _spawned(child: Child, proc: OsProcess) -> None:
-    child.proc = proc
-    child.pid = proc.pid
 
 
 def _busy(child: Child) -> str:

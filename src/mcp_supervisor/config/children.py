@@ -1,0 +1,223 @@
+"""The tree's tables: supervisors, in-process workers, OS processes — each checked and built into a core spec."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ..core import (
+    Backoff,
+    ChildSpec,
+    ProcessSpec,
+    ReadyCommand,
+    ReadyTCP,
+    SpecError,
+    SupervisorFlags,
+    SupervisorSpec,
+    WorkerSpec,
+    describe,
+)
+from ..settings import SettingError, kind_of, show
+from .model import ChildEntry, WorkerFactory
+from .reader import Reader, check_keys, numbers, split_host_port
+
+MAX_DEPTH = 64  # supervisors nested in one another
+
+_COMMON = {"id", "restart", "shutdown", "significant", "backoff"}
+SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
+_WORKER = _COMMON | {"worker", "config", "start_timeout"}
+_PROCESS = _COMMON | {"command", "env", "public_env", "cwd", "inherit_env", "ready"}
+_SUPERVISOR = _COMMON | SUP_FLAGS | {"children"}
+
+
+def flags_of(ctx: Reader, table: Mapping[str, Any], key: str) -> SupervisorFlags:
+    table = numbers(table, ("intensity", "period"))
+    kwargs = {k: table[k] for k in SUP_FLAGS if k in table}
+    try:
+        return SupervisorFlags(**kwargs)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}" if key else e.field, e.reason) from None
+
+
+def _backoff(ctx: Reader, value: Any, key: str) -> Backoff | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ctx.error(f"{key}.backoff", f"must be a table like {{ initial = 0.5, max = 30 }}, got {kind_of(value)}")
+    check_keys(ctx, value, {"initial", "max", "multiplier", "jitter", "reset_after"}, f"{key}.backoff")
+    try:
+        return Backoff(**numbers(value, ("initial", "max", "multiplier", "jitter", "reset_after")))
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}", e.reason) from None
+
+
+def _ready(ctx: Reader, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
+    if value is None:
+        return None
+    k = f"{key}.ready"
+    if not isinstance(value, dict):
+        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {kind_of(value)}')
+    check_keys(ctx, value, {"tcp", "command", "timeout", "interval"}, k)
+    value = numbers(value, ("timeout", "interval"))
+    if ("tcp" in value) == ("command" in value):
+        raise ctx.error(k, 'needs exactly one of "tcp" or "command"')
+    try:
+        if "tcp" in value:
+            if "interval" in value:
+                raise ctx.error(f"{k}.interval", "applies only to command readiness")
+            if not isinstance(value["tcp"], str):
+                raise ctx.error(f"{k}.tcp", f'must be "host:port", got {kind_of(value["tcp"])}')
+            try:
+                host, port = split_host_port(value["tcp"])
+            except ValueError as e:
+                raise ctx.error(f"{k}.tcp", str(e)) from None
+            return ReadyTCP(host=host, port=port, **({"timeout": value["timeout"]} if "timeout" in value else {}))
+        extra = {n: value[n] for n in ("timeout", "interval") if n in value}
+        return ReadyCommand(command=value["command"], **extra)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}", e.reason) from None
+
+
+def _load_factory(ctx: Reader, name: str, key: str) -> WorkerFactory:
+    target = ctx.workers.get(name, name)
+    mod_name, sep, attr = target.partition(":")
+    if not sep or not mod_name or not attr:
+        known = ", ".join(sorted(ctx.workers)) or "none registered"
+        hint = f'use a built-in ({known}) or "package.module:factory"'
+        raise ctx.error(f"{key}.worker", f"unknown worker {show('', name)}: {hint}")
+    if os.getcwd() not in sys.path:  # like `python -m`: modules next to where the daemon runs (examples/, ...)
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module
+        raise ctx.error(f"{key}.worker", f"cannot import {mod_name!r}: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ctx.error(f"{key}.worker", f"{mod_name!r} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def child(
+    ctx: Reader, table: Any, key: str, parent: str, entries: dict[str, ChildEntry], *, depth: int = 1
+) -> ChildSpec:
+    """One ``[[...children]]`` table (and, for a supervisor, everything below it) as a core spec."""
+    if not isinstance(table, dict):
+        raise ctx.error(key, f"must be a table, got {kind_of(table)}")
+    if depth > MAX_DEPTH:
+        raise ctx.error(key, f"supervisors nest deeper than {MAX_DEPTH} levels")
+    cid = table.get("id")
+    if not isinstance(cid, str) or not cid:
+        raise ctx.error(f"{key}.id", f"must be a non-empty string, got {show('id', cid)}")
+    kinds = [k for k in ("worker", "command", "children") if k in table]
+    if len(kinds) != 1:
+        what = " and ".join(kinds) if kinds else "none of them"
+        raise ctx.error(
+            key,
+            f'needs exactly one of "worker" (in-process), "command" (OS process) or "children" '
+            f"(supervisor); has {what}",
+        )
+    kind = kinds[0]
+    allowed = {"worker": _WORKER, "command": _PROCESS, "children": _SUPERVISOR}[kind]
+    for k in table:
+        if k not in allowed:
+            what = {"worker": "an in-process worker", "command": "an OS process", "children": "a supervisor"}[kind]
+            raise ctx.error(f"{key}.{k}", f"not valid for {what} (allowed: {', '.join(sorted(allowed))})")
+    path = f"{parent}/{cid}" if parent else cid
+    table = numbers(table, ("shutdown", "start_timeout"))
+    common: dict[str, Any] = {k: table[k] for k in ("id", "restart", "shutdown", "significant") if k in table}
+    common["backoff"] = _backoff(ctx, table.get("backoff"), key)
+    try:
+        if kind == "worker":
+            spec: ChildSpec = _worker(ctx, table, key, path, common, entries)
+        elif kind == "command":
+            env = _env(ctx, table.get("env", {}), f"{key}.env")
+            public = _public_env(ctx, table.get("public_env", []), f"{key}.public_env")
+            for name, value in env.items():
+                if name not in public:
+                    ctx.secrets.add(value)  # env values are secret unless listed as public
+            spec = ProcessSpec(
+                command=_command(ctx, table["command"], f"{key}.command"),
+                env=env,
+                cwd=table.get("cwd"),
+                inherit_env=table.get("inherit_env", True),
+                ready=_ready(ctx, table.get("ready"), key),
+                **common,
+            )
+            entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, {"public_env"}))
+        else:
+            children = table["children"]
+            if not isinstance(children, list):
+                raise ctx.error(f"{key}.children", "must be an array of tables ([[...children]])")
+            kids = [
+                child(ctx, c, f"{key}.children[{i}]", path, entries, depth=depth + 1) for i, c in enumerate(children)
+            ]
+            flags = flags_of(ctx, table, key)
+            spec = SupervisorSpec(children=kids, flags=flags, **common)
+            own = _fingerprint(table, {"children"} | SUP_FLAGS)
+            entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
+    except SpecError as e:
+        raise ctx.error(f"{key}.{e.field}", e.reason) from None
+    return spec
+
+
+def _worker(  # noqa: PLR0917
+    ctx: Reader, table: dict[str, Any], key: str, path: str, common: dict[str, Any], entries: dict[str, ChildEntry]
+) -> WorkerSpec:
+    name = table["worker"]
+    if not isinstance(name, str) or not name:
+        raise ctx.error(f"{key}.worker", f"must be a non-empty string, got {kind_of(name)}")
+    settings = table.get("config", {})
+    if not isinstance(settings, dict):
+        raise ctx.error(f"{key}.config", f"must be a table, got {kind_of(settings)}")
+    factory = ctx.factories.get(name) or _load_factory(ctx, name, key)
+    try:
+        run = factory(settings)
+    except SettingError as e:
+        raise ctx.error(f"{key}.config.{e.key}" if e.key else f"{key}.config", e.message) from None
+    except (ValueError, TypeError, KeyError) as e:  # a factory's own message, e.g. "every: must be > 0"
+        raise ctx.error(f"{key}.config", str(e) or type(e).__name__) from None
+    except Exception as e:  # noqa: BLE001 - any failure of a factory is a config error naming the child
+        raise ctx.error(f"{key}.config", f"the {name!r} worker rejected its settings ({describe(e)})") from None
+    if not callable(run):
+        raise ctx.error(f"{key}.worker", f"the factory of {name!r} must return an async run(ctx) function")
+    ctx.collect(settings, f"{key}.config")
+    extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
+    entries[path] = ChildEntry(
+        path=path, kind="worker", fingerprint=_fingerprint(table, set()), worker=name, settings=settings
+    )
+    return WorkerSpec(run=run, **common, **extra)
+
+
+def _command(ctx: Reader, value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ctx.error(key, f"must be a non-empty array of strings (program, then arguments), got {kind_of(value)}")
+    for i, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise ctx.error(f"{key}[{i}]", f"must be a string, got {kind_of(arg)}")
+    return value
+
+
+def _env(ctx: Reader, value: Any, key: str) -> dict[str, str]:
+    """A child's environment: its values are never quoted in a message (they often hold secrets)."""
+    if not isinstance(value, dict):
+        raise ctx.error(key, f'must be a table like {{ NAME = "value" }}, got {kind_of(value)}')
+    for name, v in value.items():
+        if not name or "=" in name or "\x00" in name:
+            raise ctx.error(key, f"{show('', name)} is not a valid variable name (empty, or contains '=' or NUL)")
+        if not isinstance(v, str):
+            raise ctx.error(f"{key}.{name}", f"must be a string, got {kind_of(v)}")
+    return value
+
+
+def _public_env(ctx: Reader, value: Any, key: str) -> set[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.error(key, f'must be an array of variable names (e.g. ["PORT", "LOG_LEVEL"]), got {kind_of(value)}')
+    return set(value)
+
+
+def _fingerprint(table: Mapping[str, Any], drop: set[str]) -> str:
+    return json.dumps({k: v for k, v in table.items() if k not in drop}, sort_keys=True, default=str)

@@ -1,0 +1,68 @@
+"""The config as the daemon uses it: frozen, validated objects, and the error every failure becomes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from ..core import SupervisorFlags, SupervisorSpec
+from ..core.specs import WorkerFn
+
+DEFAULT_CONFIG_PATH = "config/supervision.toml"
+DEFAULT_ADMIN = "127.0.0.1:7080"
+
+WorkerFactory: TypeAlias = Callable[[Mapping[str, Any]], WorkerFn]
+"""A worker plugin: called once per load with the child's ``config`` table; returns the worker's ``run(ctx)``.
+It validates its settings and raises ``ValueError`` (naming the setting) for bad ones."""
+
+
+class ConfigError(Exception):
+    """An invalid config file. The message names the file, the line when found, and the key path."""
+
+    def __init__(self, file: str, key: str, message: str, line: int | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.line = line
+        message = _one_line(message)
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def _one_line(text: str) -> str:
+    """A message is one log line: control characters (a factory's own text may hold some) are escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonConfig:
+    admin: str = DEFAULT_ADMIN
+    admin_token_file: str | None = None
+    allow_remote_admin: bool = False
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildEntry:
+    """One node of the configured tree with the fingerprint reload compares (spec, command or config changed)."""
+
+    path: str
+    kind: str
+    fingerprint: str
+    flags: SupervisorFlags | None = None
+    worker: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # a worker's expanded config table
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    file: str
+    daemon: DaemonConfig
+    tree: SupervisorSpec
+    entries: Mapping[str, ChildEntry] = field(default_factory=dict)
+    secrets: frozenset[str] = frozenset()
+    """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
+    warnings: tuple[str, ...] = ()
