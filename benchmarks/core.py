@@ -226,7 +226,7 @@ async def cast_supervised(n: int) -> float:
 
     tree = Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="s", run=sink)]))
     await tree.start()
-    mb = tree.rt.mailbox_of("sink")
+    mb = tree.mailbox("sink")
     t0 = time.perf_counter()
     for i in range(n):
         await mb.cast(i)
@@ -342,18 +342,50 @@ async def emit_cost(n: int, with_sink: bool) -> float:
     return spent / n * 1e9
 
 
+async def flood_call_latency(events: int, flood: bool) -> list[float]:
+    """Call round trips to a worker while ``events`` are emitted in batches of 5,000 (the telemetry sink attached)."""
+    from mcp_supervisor.services.events import ServiceOperation
+    from mcp_supervisor.telemetry.sink import factory as sink_factory
+
+    tree = Tree(SupervisorSpec(id="root", children=[
+        WorkerSpec(id="echo", run=echo), WorkerSpec(id="telemetry", run=sink_factory({"queue": 1000})),
+    ]))  # fmt: skip
+    await tree.start()
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def flooder() -> None:
+        ev = ServiceOperation(path="cache", service="cache", operation="get", result="hit", duration_s=0.0001)
+        for _ in range(events // 5000):
+            if flood:
+                for _ in range(5000):
+                    tree.bus.emit(ev)
+            await asyncio.sleep(0)
+        done.set()
+
+    async def caller() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            await tree.call("echo", 1)
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(flooder(), caller())
+    await tree.stop()
+    return latencies
+
+
 # -- driver ---------------------------------------------------------------------------------------------------
 def run(loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, coro: Coroutine[Any, Any, Any]) -> Any:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro)
 
 
-def bench_loop(name: str, factory: Callable[[], asyncio.AbstractEventLoop] | None, quick: bool) -> None:
-    n_restart = 2_000 if quick else 10_000
-    n_os = 30 if quick else 100
-    n_call = 20_000 if quick else 100_000
-    n_cast = 50_000 if quick else 300_000
-    n_many = 10_000
+def bench_loop(name: str, factory: Callable[[], asyncio.AbstractEventLoop] | None, quick: bool, smoke: bool) -> None:
+    n_restart = 100 if smoke else 2_000 if quick else 10_000
+    n_os = 3 if smoke else 30 if quick else 100
+    n_call = 500 if smoke else 20_000 if quick else 100_000
+    n_cast = 1_000 if smoke else 50_000 if quick else 300_000
+    n_many = 200 if smoke else 10_000
 
     run(factory, restart_latency_bare(500))  # warm-up
     sup = run(factory, restart_latency_supervised(n_restart))
@@ -404,16 +436,24 @@ def bench_loop(name: str, factory: Callable[[], asyncio.AbstractEventLoop] | Non
     record("memory_per_idle_child", s_mem, "bytes", "bare idle task", b_mem, name)
     RESULTS[-1]["extra_per_child_bytes"] = round(s_mem - b_mem, 1)
 
-    n_events = 200_000 if quick else 1_000_000
+    n_events = 10_000 if smoke else 200_000 if quick else 1_000_000
     with_sink = run(factory, emit_cost(n_events, True))
     without = run(factory, emit_cost(n_events, False))
     record("event_emit_cost_with_sink", with_sink, "ns", "no subscriber", without, name)
+
+    flooded = run(factory, flood_call_latency(n_events, True))
+    calm = run(factory, flood_call_latency(n_events, False))
+    record("flood_call_latency_median", statistics.median(flooded) * us, "us", "the same calls, no flood",
+           statistics.median(calm) * us, name)  # fmt: skip
+    record("flood_call_latency_p99", pct(flooded, 0.99) * us, "us", "the same calls, no flood", pct(calm, 0.99) * us,
+           name)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--smoke", action="store_true", help="a few iterations: the script runs, measures nothing")
     args = parser.parse_args()
     loops: list[tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]] = [("asyncio", None)]
     try:
@@ -423,7 +463,7 @@ def main() -> None:
     except ImportError:
         print("uvloop not installed: measuring the default loop only", file=sys.stderr)
     for name, factory in loops:
-        bench_loop(name, factory, args.quick)
+        bench_loop(name, factory, args.quick, args.smoke)
     if args.json:
         for r in RESULTS:
             print(json.dumps(r))

@@ -16,7 +16,7 @@ from .context import ChildContext, Key
 from .errors import FailedToStartChild, OperationError, Shutdown, describe
 from .escapes import Escapes, become_subreaper
 from .events import BusStatistics, EscapeeKilled, EventBus, ExitReason, SpecWarning
-from .mailbox import DEFAULT_CALL_TIMEOUT, mailbox_of
+from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, mailbox_of
 from .runtime import Runtime
 from .specs import ChildSpec, SupervisorSpec
 from .state import ChildCounts, NodeStatus, State
@@ -208,11 +208,15 @@ class Tree:
         return self.supervisor(parent).get_childspec(child_id)
 
     # -- messages and shared objects -------------------------------------------------------------------------
+    def mailbox(self, target: str) -> Mailbox:
+        """The live mailbox of a registered name or a child path; NotRunning when there is none."""
+        return mailbox_of(self.rt.registry, self.rt.mailboxes, target)
+
     async def call(self, target: str, payload: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
-        return await mailbox_of(self.rt.registry, self.rt.mailboxes, target).call(payload, timeout)
+        return await self.mailbox(target).call(payload, timeout)
 
     async def cast(self, target: str, payload: Any) -> None:
-        await mailbox_of(self.rt.registry, self.rt.mailboxes, target).cast(payload)
+        await self.mailbox(target).cast(payload)
 
     async def handle(self, path: str, wait: float = 0.0) -> Any:
         return await self.rt.handle(path, wait)
