@@ -1,4 +1,8 @@
-"""The dependency rule (ARCHITECTURE.md practice 1): the core imports only the standard library and anyio."""
+"""The layering of docs/architecture.md, enforced: who may import whom, the core's facade, and an acyclic core.
+
+Every import counts — at module level, inside functions (lazy), and under ``if TYPE_CHECKING:`` — because each is a
+dependency a reader must follow.
+"""
 
 from __future__ import annotations
 
@@ -6,69 +10,159 @@ import ast
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "mcp_supervisor"
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "mcp_supervisor"
+
+# what each part may import from the project (besides itself); None: anything
+ALLOWED: dict[str, set[str] | None] = {
+    "core": set(),
+    "settings": set(),
+    "redact": set(),
+    "probe": set(),
+    "systemd": set(),
+    "services": {"core", "settings", "probe"},
+    "health": {"core", "settings", "probe"},
+    "admin": {"core"},
+    "config": {"core", "settings", "redact"},
+    "telemetry": {"core", "settings", "redact", "probe", "health", "services", "__init__"},
+    "app": None,
+    "cli": None,
+    "__init__": set(),
+}
+THIRD_PARTY_ONLY_IN = {
+    "structlog": {"telemetry"},
+    "prometheus_client": {"telemetry"},
+    "aiohttp": {"admin", "services", "cli"},
+}
 
 
-def imports_of(path: Path) -> set[str]:
-    found: set[str] = set()
+def modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(SRC).with_suffix("").parts): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """Absolute names of every module ``name`` imports, anywhere in the file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-        elif isinstance(node, ast.ImportFrom) and node.level > 1:
-            found.add("mcp_supervisor." + (node.module or ""))  # reaching out of the package
-    return found
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names}  # `from . import policy` imports a submodule
+    return out
 
 
-def test_core_imports_only_stdlib_and_anyio() -> None:
+def part(module: str) -> str:
+    """``mcp_supervisor.services.redis`` -> ``services``; ``mcp_supervisor.app`` -> ``app``."""
+    rest = module.split(".")[1:]
+    return rest[0] if rest else "__init__"
+
+
+MODULES = modules()
+GRAPH = {name: {i for i in imports(name, path) if i in MODULES} for name, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_each_module_imports_only_what_its_layer_may(name: str) -> None:
+    own = part(name)
+    allowed = ALLOWED[own]
+    if allowed is None:
+        return
+    bad = sorted(i for i in GRAPH[name] if part(i) != own and part(i) not in allowed)
+    assert bad == [], f"{name} ({own}) may import only {sorted(allowed)} of the project, not {bad}"
+
+
+def test_the_core_and_the_leaves_import_only_the_standard_library() -> None:
     bad = {}
-    for path in sorted((SRC / "core").rglob("*.py")):
-        for name in imports_of(path):
-            top = name.split(".")[0]
-            if top in sys.stdlib_module_names or top in ("anyio", "__future__"):
-                continue
-            bad.setdefault(path.name, []).append(name)
-    assert bad == {}, f"core must not import these: {bad}"
-
-
-def test_nothing_outside_telemetry_imports_structlog_or_prometheus() -> None:
-    offenders = []
-    for path in sorted(SRC.rglob("*.py")):
-        if "telemetry" in path.parts:
+    for name, path in MODULES.items():
+        if part(name) not in ("core", "settings", "redact", "probe", "systemd"):
             continue
-        for name in imports_of(path):
-            if name.split(".")[0] in ("structlog", "prometheus_client"):
-                offenders.append(f"{path.relative_to(SRC)}: {name}")
+        for mod in imports(name, path):
+            top = mod.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in {"mcp_supervisor", "__future__"}:
+                bad.setdefault(name, []).append(mod)
+    assert bad == {}
+
+
+def test_third_party_libraries_stay_in_their_parts() -> None:
+    offenders = []
+    for name, path in MODULES.items():
+        for mod in imports(name, path):
+            allowed = THIRD_PARTY_ONLY_IN.get(mod.split(".")[0])
+            if allowed is not None and part(name) not in allowed:
+                offenders.append(f"{name} imports {mod}")
+    assert offenders == []
+
+
+def test_outside_the_core_everything_goes_through_its_facade() -> None:
+    """Only mcp_supervisor.core itself is the core's API; its submodules are its own layout."""
+    offenders = sorted(
+        f"{name} imports {i}"
+        for name in MODULES
+        if part(name) != "core"
+        for i in GRAPH[name]
+        if i.startswith("mcp_supervisor.core.")
+    )
     assert offenders == []
 
 
 def test_service_workers_do_not_import_each_other() -> None:
     services = {"postgres", "redis", "s3", "vault"}
-    offenders = []
-    for name in sorted(services):
-        for imported in imports_of(SRC / "services" / f"{name}.py") | _relative_imports(
-            SRC / "services" / f"{name}.py"
-        ):
-            if imported.rsplit(".", 1)[-1] in services - {name}:
-                offenders.append(f"{name} imports {imported}")
+    offenders = [
+        f"{name} imports {i}"
+        for name in MODULES
+        if name.rpartition(".")[2] in services and part(name) == "services"
+        for i in GRAPH[name]
+        if part(i) == "services" and i.rpartition(".")[2] in services - {name.rpartition(".")[2]}
+    ]
     assert offenders == []
 
 
-def test_health_and_telemetry_depend_on_the_core_not_on_config_or_admin() -> None:
-    for package in ("health", "core", "services"):
-        for path in sorted((SRC / package).rglob("*.py")):
-            rel = _relative_imports(path)
-            assert not any(r.split(".")[0] in ("config", "admin", "app", "cli") for r in rel), (path.name, rel)
+def test_the_core_import_graph_has_no_cycle() -> None:
+    core = {
+        n: {i for i in GRAPH[n] if part(i) == "core" and i != "mcp_supervisor.core"}
+        for n in MODULES
+        if part(n) == "core"
+    }
+    core.pop("mcp_supervisor.core", None)  # the facade imports everything; nothing in the core imports it
+    assert not any("mcp_supervisor.core" in deps for deps in core.values()), "a core module imports the facade"
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(core.get(n, ())):
+            if state.get(m) == 1:
+                cycle = [*path[path.index(m) :], m]
+                pytest.fail("import cycle in the core: " + " -> ".join(c.rpartition(".")[2] for c in cycle))
+            if m not in state:
+                visit(m)
+        path.pop()
+        state[n] = 2
+
+    for n in sorted(core):
+        if n not in state:
+            visit(n)
+    assert len(core) >= 15  # the test sees the whole core
 
 
-def _relative_imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level > 0:
-            base = (node.module or "").lstrip(".")
-            if node.level == 2 or path.parent.name == "mcp_supervisor":
-                found.add(base)
-            else:
-                found.add(f"{path.parent.name}.{base}" if base else path.parent.name)
-    return found
+def test_the_test_catches_a_cycle() -> None:
+    """The walker above, on a graph with a known cycle (a test that cannot fail proves nothing)."""
+    saved = dict(GRAPH)
+    try:
+        GRAPH["mcp_supervisor.core.errors"] = {*GRAPH["mcp_supervisor.core.errors"], "mcp_supervisor.core.supervisor"}
+        with pytest.raises(pytest.fail.Exception, match="import cycle in the core"):
+            test_the_core_import_graph_has_no_cycle()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)

@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__
 from .app import BUILTIN_WORKERS
 from .config import DEFAULT_ADMIN, DEFAULT_CONFIG_PATH, ConfigError, load_config
-from .core.errors import describe
+from .core import describe
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69

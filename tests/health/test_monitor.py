@@ -11,7 +11,7 @@ import pytest
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
 from mcp_supervisor.health.monitor import HealthMonitor, HealthTransition, factory
-from mcp_supervisor.health.probes import ProbeResult
+from mcp_supervisor.probe import ProbeResult
 from tests.conftest import Recorder
 
 

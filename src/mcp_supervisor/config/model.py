@@ -6,8 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from ..core import SupervisorFlags, SupervisorSpec
-from ..core.specs import WorkerFn
+from ..core import SupervisorFlags, SupervisorSpec, WorkerFn
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
 DEFAULT_ADMIN = "127.0.0.1:7080"

@@ -4,7 +4,7 @@ Everything a user needs is exported here; the submodules are the engine's own la
 """
 
 from .clock import Clock, Deadline, LoopClock, ManualClock
-from .context import ChildContext, Key
+from .context import ChildContext, Key, current_child
 from .errors import (
     CalleeExited,
     CallError,
@@ -52,6 +52,7 @@ from .specs import (
     Strategy,
     SupervisorFlags,
     SupervisorSpec,
+    WorkerFn,
     WorkerSpec,
 )
 from .state import ChildCounts, ChildView, LastExit, NodeStatus, State, SupervisorStatistics
@@ -67,5 +68,5 @@ __all__ = [
     "ProcessOutput", "ProcessSpec", "ReadyCommand", "ReadyTCP", "Registry", "Restart", "RestartScheduled", "Shutdown",
     "ShutdownReport", "ShutdownTimeout", "SpecError", "SpecWarning", "StartFailed", "State", "Strategy",
     "Subscription", "Supervisor", "SupervisorError", "SupervisorFlags", "SupervisorSpec", "SupervisorStatistics",
-    "SupervisorStopped", "Tree", "WorkerSpec", "add_restart", "describe",
+    "SupervisorStopped", "Tree", "WorkerFn", "WorkerSpec", "add_restart", "current_child", "describe",
 ]  # fmt: skip

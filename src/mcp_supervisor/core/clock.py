@@ -37,7 +37,7 @@ class _LoopTimer:
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
-            self.clock._cancelled += 1
+            self.clock.note_cancelled()
 
 
 class LoopClock:
@@ -59,6 +59,10 @@ class LoopClock:
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def note_cancelled(self) -> None:
+        """A timer of this clock was cancelled: its heap entry is garbage until swept."""
+        self._cancelled += 1
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
         loop = asyncio.get_running_loop()
@@ -175,7 +179,7 @@ SWEEP_RESOLUTION = 0.01  # sweeper-enforced timeouts fire at most this late
 
 
 class Expiring(Protocol):
-    def _expire(self, now: float) -> bool:
+    def expire(self, now: float) -> bool:
         """Act on whatever is overdue at ``now``; True when nothing is left to watch."""
         ...
 
@@ -218,7 +222,7 @@ class Sweeper:
     def sweep(self) -> None:
         now = self.loop.time()
         for item in list(self.active):
-            if item._expire(now):
+            if item.expire(now):
                 self.active.pop(item, None)
         if self.active:
             self.loop.call_later(SWEEP_RESOLUTION, self.sweep)
@@ -250,7 +254,7 @@ class Deadline:
         self.when = self._sweeper.loop.time() + seconds
         self._sweeper.watch(self)
 
-    def _expire(self, now: float) -> bool:
+    def expire(self, now: float) -> bool:
         if now < self.when:
             return False
         self._fired = True

@@ -122,7 +122,8 @@ class Subscription:
         self._bus = bus
         self.closed = False
 
-    def _push(self, event: Event) -> None:
+    def push(self, event: Event) -> None:
+        """Called by the bus: queue ``event``, or count it dropped when the queue is full."""
         if len(self._q) >= self._maxlen:
             self.dropped += 1
             return
@@ -197,4 +198,4 @@ class EventBus:
 
     def emit(self, event: Event) -> None:
         for sub in self._subs:
-            sub._push(event)
+            sub.push(event)

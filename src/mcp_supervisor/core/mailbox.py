@@ -139,7 +139,7 @@ class Mailbox:
         finally:
             self._pending.pop(fut, None)
 
-    def _expire(self, now: float) -> bool:
+    def expire(self, now: float) -> bool:
         """Fail overdue calls; True when no call with a deadline is left."""
         left = False
         for fut, (deadline, timeout) in list(self._pending.items()):

@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..core import ChildContext, Event, NoSuchPath, NotRunning, State
-from ..core.specs import WorkerFn
+from ..core import ChildContext, Event, NoSuchPath, NotRunning, State, WorkerFn
+from ..probe import ProbeResult
 from ..settings import Settings
-from .probes import CheckOutcome, LoopLag, ProbeResult, open_fds, rss_bytes, run_check
+from .probes import CheckOutcome, LoopLag, open_fds, rss_bytes, run_check
 
 Overall = Literal["unknown", "healthy", "degraded", "unhealthy"]
 SYSTEM = "system"

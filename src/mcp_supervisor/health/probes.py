@@ -7,23 +7,10 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ..core import describe
-
-Status = Literal["pass", "warn", "fail"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProbeResult:
-    """What a probe may report beyond "it answered". Returning None from a probe means pass."""
-
-    status: Status = "pass"
-    observed_value: Any = None
-    observed_unit: str | None = None
-    output: str = ""
-    measurement: str = "responseTime"
-    component_type: str = "component"
+from ..probe import ProbeResult, Status
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,9 +24,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from ..core import ChildContext, Deadline, describe
-from ..core.specs import WorkerFn
-from ..health.probes import ProbeResult, Status
+from ..core import ChildContext, Deadline, WorkerFn, describe
+from ..probe import ProbeResult, Status
 from ..settings import Settings, read_secret_file
 from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
@@ -141,7 +140,7 @@ class _Checkout:
         self.conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
-        self.conn = await self.db._checkout()
+        self.conn = await self.db.checkout()
         return self.conn
 
     async def __aexit__(self, *exc: object) -> None:
@@ -165,7 +164,8 @@ class Database:
         """``async with db.acquire() as conn``: a connection for several statements (released afterwards)."""
         return _Checkout(self)
 
-    async def _checkout(self) -> asyncpg.Connection:
+    async def checkout(self) -> asyncpg.Connection:
+        """A connection from the pool within ``acquire_timeout`` (PoolExhausted after it); release it."""
         # not acquire(timeout=), which wraps every checkout in a new task (wait_for), nor a timer per checkout:
         # a Deadline served by the loop's sweeper
         deadline = Deadline()
@@ -187,7 +187,7 @@ class Database:
             deadline.disarm()
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...], timeout: float | None) -> Any:
-        conn = await self._checkout()
+        conn = await self.checkout()
         limit = timeout or self.settings.command_timeout
         try:  # the client-side deadline also bounds a server that stopped answering
             return await self._emit.measure(

@@ -29,9 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..core import ChildContext, describe
-from ..core.specs import WorkerFn
-from ..health.probes import ProbeResult
+from ..core import ChildContext, WorkerFn, describe
+from ..probe import ProbeResult
 from ..settings import Settings, read_secret_file
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation

@@ -23,9 +23,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from ..core import ChildContext
-from ..core.specs import WorkerFn
-from ..health.probes import ProbeResult
+from ..core import ChildContext, WorkerFn
+from ..probe import ProbeResult
 from ..settings import Settings, read_secret_file
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 

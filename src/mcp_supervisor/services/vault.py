@@ -24,9 +24,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..core import ChildContext, describe
-from ..core.specs import WorkerFn
-from ..health.probes import ProbeResult
+from ..core import ChildContext, WorkerFn, describe
+from ..probe import ProbeResult
 from ..settings import Settings, read_small_file
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable
 from .events import ServiceState

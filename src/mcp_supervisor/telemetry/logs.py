@@ -22,7 +22,7 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-from ..core.context import current_child
+from ..core import current_child
 from ..redact import STRUCTURAL, Redactor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,

@@ -18,8 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..core import ChildContext, Event
-from ..core.specs import WorkerFn
+from ..core import ChildContext, Event, WorkerFn
 from ..health.monitor import HealthRound, HealthTransition
 from ..services.events import ServiceOperation, ServiceState
 from ..settings import DAY, Settings
