@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check src tests benchmarks examples
-.venv/bin/mypy --strict src
+.venv/bin/ruff format --check src tests benchmarks examples
+.venv/bin/mypy --strict src examples
 .venv/bin/pytest "$@"
