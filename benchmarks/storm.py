@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 N = 50
 TOKEN = "storm-benchmark-token-0123456789"
@@ -42,7 +43,7 @@ def config(admin: str, token: Path, command: str) -> str:
     return head + tree + "".join(f'[[tree.children]]\nid = "c{i}"\ncommand = {command}\n' for i in range(N))
 
 
-def request(admin: str, path: str, method: str = "GET", timeout: float = 60) -> tuple[float, dict]:
+def request(admin: str, path: str, method: str = "GET", timeout: float = 60) -> tuple[float, dict[str, Any]]:
     req = urllib.request.Request(f"http://{admin}{path}", method=method)
     if method == "POST":
         req.add_header("Authorization", f"Bearer {TOKEN}")

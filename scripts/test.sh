@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
-.venv/bin/mypy --strict src examples
+.venv/bin/mypy --strict src examples tests benchmarks
 .venv/bin/pytest "$@"

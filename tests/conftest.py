@@ -3,12 +3,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from mcp_supervisor.core import Event, EventBus, Shutdown, Subscription
 from tests.stack_helpers import stack_env  # noqa: F401 - a fixture for the local-stack tests
+
+E = TypeVar("E", bound=Event)
 
 
 async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -40,6 +42,15 @@ class Recorder:
 
     async def wait(self, pred: Callable[[Event], bool], timeout: float = 10.0, what: str = "event") -> Any:
         return await until(lambda: next((e for e in self.drain() if pred(e)), None), timeout, what)
+
+    async def wait_for(self, cls: type[E], timeout: float = 10.0, **fields: object) -> E:
+        """The first ``cls`` event whose attributes equal ``fields``."""
+
+        def match(e: Event) -> bool:
+            return isinstance(e, cls) and all(getattr(e, k) == v for k, v in fields.items())
+
+        found: E = await self.wait(match, timeout, f"{cls.__name__} {fields}")
+        return found
 
 
 class Scripted:
@@ -92,3 +103,15 @@ class Scripted:
     def end(self, how: str = "crash") -> None:
         assert self.current is not None and not self.current.done(), "worker is not running"
         self.current.set_result(how)
+
+
+SERVER_FIXTURES = frozenset(
+    {"pg_server", "pg", "redis_server", "rds", "moto_server", "s3", "bao_server", "bao", "stack_env"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a real server's fixture is a ``servers`` test, wherever it lives."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)

@@ -82,7 +82,7 @@ def test_each_module_imports_only_what_its_layer_may(name: str) -> None:
 
 
 def test_the_core_and_the_leaves_import_only_the_standard_library() -> None:
-    bad = {}
+    bad: dict[str, list[str]] = {}
     for name, path in MODULES.items():
         if part(name) not in ("core", "settings", "redact", "probe", "systemd"):
             continue

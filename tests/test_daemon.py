@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_helpers import Daemon, alive, wait_until
 
+pytestmark = pytest.mark.realtime
+
 SLEEP = 'command = ["sleep", "1000"]'
 
 

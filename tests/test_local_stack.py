@@ -15,6 +15,8 @@ import pytest
 from tests.daemon_helpers import alive, free_port, wait_until
 from tests.stack_helpers import ROOT, Stack, rounds_ok, tree_pids
 
+pytestmark = pytest.mark.realtime
+
 
 @pytest.mark.timeout(240)
 def test_the_local_stack_end_to_end(tmp_path: Path, stack_env: dict[str, str]) -> None:

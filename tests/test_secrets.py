@@ -34,7 +34,7 @@ PLANTED = {
     "s3 secret key": S3_SECRET, "vault token": VAULT_TOKEN, "child env secret": ENV_SECRET,
 }  # fmt: skip
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.realtime, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +198,9 @@ def test_no_planted_secret_appears_in_anything_the_daemon_writes(tmp_path: Path,
             n = len(d.drain_notify())
             d.signal(signal.SIGHUP)
             d.wait_notify("READY=1", after=n)
-            path = tmp_path / f"bad{i}.toml"
-            path.write_text(text)
-            for args in (["check-config", str(path)], ["run", "--config", str(path)]):
+            bad_file = tmp_path / f"bad{i}.toml"
+            bad_file.write_text(text)
+            for args in (["check-config", str(bad_file)], ["run", "--config", str(bad_file)]):
                 done = subprocess.run([sys.executable, "-m", "mcp_supervisor.cli", *args], capture_output=True,
                                       text=True, timeout=60, cwd=tmp_path)  # fmt: skip
                 assert done.returncode == 78, done
@@ -219,9 +219,9 @@ def test_no_planted_secret_appears_in_anything_the_daemon_writes(tmp_path: Path,
             ("vault", bao.kill, bao.start, "vault"),
         ]:
             down()
-            wait_until(lambda c=check: health_of(d, c) == "fail", 30, f"{name} seen failing")  # type: ignore[misc]
+            wait_until(lambda c=check: health_of(d, c) == "fail", 30, f"{name} seen failing")
             up()
-            wait_until(lambda c=check: health_of(d, c) == "pass", 60, f"{name} recovered")  # type: ignore[misc]
+            wait_until(lambda c=check: health_of(d, c) == "pass", 60, f"{name} recovered")
         seen.append(("GET /status after outages", json.dumps(d.status())))
         seen.append(("GET /health after outages", json.dumps(d.request("GET", "/health")[1])))
     finally:

@@ -15,13 +15,18 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.daemon_helpers import TOKEN, free_port, wait_until
+
+pytestmark = pytest.mark.realtime
 
 N = 50
 
 
-def get(admin: str, path: str, method: str = "GET") -> dict[str, object]:
+def get(admin: str, path: str, method: str = "GET") -> dict[str, Any]:
     req = urllib.request.Request(f"http://{admin}{path}", method=method)
     if method == "POST":
         req.add_header("Authorization", f"Bearer {TOKEN}")
@@ -51,7 +56,7 @@ def test_a_storm_with_an_unread_stdout_keeps_restarting_answering_reloading_and_
 
         def restarts() -> int:
             doc = get(admin, "/status")
-            return sum(int(c["restarts"]) for c in doc["children"])  # type: ignore[attr-defined]
+            return sum(int(c["restarts"]) for c in doc["children"])
 
         first = wait_until(lambda: _quiet(restarts), 30, "the admin port answering")
         wait_until(lambda: restarts() > first + 10 * N, 60, "restarts continuing with stdout unread")
@@ -61,7 +66,7 @@ def test_a_storm_with_an_unread_stdout_keeps_restarting_answering_reloading_and_
         result = get(admin, "/reload?wait=1", "POST")
         assert result["ok"] is True, result
         wait_until(
-            lambda: all(c["state"] == "running" for c in get(admin, "/status")["children"]),  # type: ignore[attr-defined]
+            lambda: all(c["state"] == "running" for c in get(admin, "/status")["children"]),
             60,
             "every child running after the reload",
         )

@@ -12,6 +12,8 @@ import pytest
 
 from mcp_supervisor.systemd import MAX_VALUE, Notifier
 
+pytestmark = pytest.mark.realtime
+
 
 @pytest.fixture
 def receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:

@@ -15,6 +15,8 @@ from mcp_supervisor.admin.http import ConnectionLimits
 from mcp_supervisor.core import SupervisorSpec, Tree
 from tests.daemon_helpers import free_port
 
+pytestmark = pytest.mark.realtime
+
 
 class _Log:
     def info(self, *a: Any, **k: Any) -> None: ...

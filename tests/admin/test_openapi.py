@@ -4,13 +4,17 @@ allows, and every response conforming to the document — status, content type, 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from requests.structures import CaseInsensitiveDict
 
 from mcp_supervisor.admin.openapi import OPENAPI
 from tests.daemon_helpers import TOKEN, Daemon
+
+pytestmark = pytest.mark.realtime
 
 schema = schemathesis.openapi.from_dict(OPENAPI)
 
@@ -19,11 +23,13 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 class Token:
     """The admin token, known to schemathesis, so that it also tries requests without it (and expects 401)."""
 
-    def get(self, case: schemathesis.Case, context: object) -> str:
+    def get(self, case: schemathesis.Case[Any], context: object) -> str:
         return TOKEN
 
-    def set(self, case: schemathesis.Case, data: str, context: object) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+    def set(self, case: schemathesis.Case[Any], data: str, context: object) -> None:
+        headers = CaseInsensitiveDict(case.headers or {})
+        headers["Authorization"] = f"Bearer {data}"
+        case.headers = headers
 
 
 TREE = """
@@ -60,5 +66,5 @@ def test_the_served_document_is_this_one(daemon: Daemon) -> None:
 
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_every_response_conforms_and_none_is_a_server_error(daemon: Daemon, case: schemathesis.Case) -> None:
+def test_every_response_conforms_and_none_is_a_server_error(daemon: Daemon, case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(base_url=f"http://{daemon.admin}")

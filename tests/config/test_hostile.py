@@ -8,9 +8,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from mcp_supervisor.app import BUILTIN_WORKERS
 from mcp_supervisor.config import ConfigError
 from mcp_supervisor.config import parse_config as _parse_config
-from mcp_supervisor.core import SupervisorSpec
+from mcp_supervisor.core import ChildContext, SupervisorSpec
 from tests.config.hostile import ENV, SECRET, documents, render
 from tests.daemon_helpers import Daemon, wait_until
 
@@ -55,6 +56,7 @@ def check_message(msg: str) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
 @given(documents())
+@pytest.mark.timeout(300)  # MCP_HYPOTHESIS_EXAMPLES examples (2000 by default), in-process
 def test_the_loader_accepts_or_rejects_with_a_located_message(doc: dict[str, object]) -> None:
     msg = outcome(render(doc))
     if msg is not None:
@@ -117,7 +119,7 @@ def test_hostile_values_get_the_exact_message(toml: str, expected: str) -> None:
 
 
 def test_a_factory_that_fails_unexpectedly_names_its_child() -> None:
-    def broken(_: object) -> object:
+    def broken(_: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[None]]:
         raise OverflowError("cannot convert float infinity to integer")
 
     with pytest.raises(ConfigError) as err:
@@ -150,6 +152,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_check_config_and_run_exit_78_with_the_message(tmp_path: Path, case: str) -> None:
     expected = CASES[case][1]
@@ -171,6 +174,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     assert d.stop() == 0
 
 
+@pytest.mark.realtime
 def test_sighup_and_post_reload_answer_422_and_change_nothing(daemon: Daemon) -> None:
     pid = daemon.node("a")["pid"]
     for case in sorted(CASES):
@@ -197,11 +201,13 @@ def invalid(doc: dict[str, object]) -> str:
 
 
 # through real processes: no shrinking (each step would be a process); a failure prints its example as generated
-SAMPLE = {"deadline": None, "derandomize": True, "suppress_health_check": list(HealthCheck), "phases": [Phase.generate]}
+SAMPLE = settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), phases=[Phase.generate])
 
 
-@settings(max_examples=12, **SAMPLE)
+@settings(SAMPLE, max_examples=12)
 @given(documents())
+@pytest.mark.realtime
+@pytest.mark.timeout(120)
 def test_a_sample_through_check_config_exits_78_with_a_located_message(
     tmp_path_factory: pytest.TempPathFactory, doc: dict[str, object]
 ) -> None:
@@ -227,8 +233,10 @@ def sample_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     assert "Traceback" not in d.log_text()
 
 
-@settings(max_examples=25, **SAMPLE)
+@settings(SAMPLE, max_examples=25)
 @given(documents())
+@pytest.mark.realtime
+@pytest.mark.timeout(120)
 def test_a_sample_through_post_reload_answers_422_and_keeps_the_children(
     sample_daemon: Daemon, doc: dict[str, object]
 ) -> None:

@@ -67,10 +67,10 @@ async def test_delays_grow_exponentially_up_to_the_cap_and_reset_after_stable_up
         delays = []
         for n in range(4):
             a.end("crash")
-            ev = await rec.wait(lambda e, n=n: isinstance(e, RestartScheduled) and e.attempt == n + 1)
+            ev = await rec.wait_for(RestartScheduled, attempt=n + 1)
             delays.append(ev.delay_s)
             clock.advance(ev.delay_s)
-            await rec.wait(lambda e, n=n: isinstance(e, ChildStarted) and e.path == "a" and e.restarts == n + 1)
+            await rec.wait_for(ChildStarted, path="a", restarts=n + 1)
         assert delays == [1, 2, 4, 4]
         clock.advance(10)  # stayed up for reset_after
         a.end("crash")

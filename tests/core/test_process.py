@@ -28,6 +28,8 @@ from mcp_supervisor.core import (
 )
 from tests.conftest import Recorder, until
 
+pytestmark = pytest.mark.realtime
+
 SLEEP = ["sleep", "1000"]
 
 

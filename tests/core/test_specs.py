@@ -66,7 +66,7 @@ def test_specs_are_frozen() -> None:
         (lambda: ReadyCommand(command=[]), "ready.command", "an empty list"),
         (lambda: ProcessSpec(id="p", command=[]), "command", "an empty list"),
         (lambda: ProcessSpec(id="p", command="ls -l"), "command", "str"),
-        (lambda: ProcessSpec(id="p", command=["x"], env={"A": 1}), "env.A", "int"),
+        (lambda: ProcessSpec(id="p", command=["x"], env={"A": 1}), "env.A", "int"),  # type: ignore[dict-item]
     ],
 )
 def test_invalid_fields_name_the_field_and_the_value(make: object, field: str, value: str) -> None:
@@ -131,7 +131,8 @@ def test_the_supervisors_incremental_window_agrees_with_the_pure_function() -> N
     rng = random.Random(7)
     for _ in range(200):
         intensity, period = rng.randint(0, 5), rng.choice([0.5, 1.0, 5.0])
-        window, pure = RestartWindow(intensity, period), ()
+        window = RestartWindow(intensity, period)
+        pure: tuple[float, ...] = ()
         now = 0.0
         for _ in range(30):
             now += rng.choice([0.0, 0.1, 0.5, 1.0, 2.5])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from functools import partial
 from typing import Any
 
 import pytest
@@ -253,7 +254,7 @@ async def test_escalation_permanent_nested_supervisor_is_restarted_transient_is_
                 assert inner.current is not first and tree.child("sub/w").state is State.RUNNING
                 assert tree.root.restart_attempts  # counted in the parent's window
             else:
-                await until(lambda t=tree: t.child("sub").state is State.STOPPED)
+                await until(partial(lambda t: t.child("sub").state is State.STOPPED, tree))
                 assert tree.child("x").state is State.RUNNING
 
 

@@ -9,6 +9,7 @@ gone. ``S <n>`` opens a scenario; the stop events of its final shutdown close it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from tests.otp.scenarios import Atom
@@ -27,6 +28,7 @@ from mcp_supervisor.core import (
     Tree,
     WorkerSpec,
 )
+from mcp_supervisor.core.child import Child
 
 _STATE = {State.RUNNING: "running", State.STOPPED: "undefined", State.RESTARTING: "restarting"}
 
@@ -96,7 +98,7 @@ class Harness:
             if not sup.running:
                 return
             if sup.flags.strategy == "simple_one_for_one":
-                names = sorted(c.spec.args[0] for c in sup.children if c.state is State.RUNNING)
+                names = sorted(args_of(c)[0] for c in sup.children if c.state is State.RUNNING)
                 restarting = sum(1 for c in sup.children if c.state is State.RESTARTING)
                 entries = [f"{n}=running" for n in names] + [f"#restarting={restarting}"] if sup.children else []
             else:
@@ -174,7 +176,7 @@ class Harness:
             elif kind == "start_dynamic":
                 await sup.start_child([args[1]])
             elif kind == "terminate_dynamic":
-                child = next((c for c in sup.children if c.spec.args == (args[1],)), None)
+                child = next((c for c in sup.children if args_of(c) == (args[1],)), None)
                 if child is None:
                     return "error:not_found"
                 await sup.terminate_child(child.id)
@@ -235,3 +237,9 @@ async def run_all(scenarios: list[dict[str, Any]]) -> list[str]:
             raise AssertionError(f"scenario {s['n']} hung on our core: {s}") from None
     h.out.append("END")
     return h.out
+
+
+def args_of(child: Child) -> Sequence[Any]:
+    spec = child.spec
+    assert isinstance(spec, WorkerSpec)
+    return spec.args

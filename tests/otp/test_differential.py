@@ -22,7 +22,11 @@ HERE = Path(__file__).parent
 N = int(os.environ.get("MCP_DIFF_SCENARIOS", "300"))
 FIRST = int(os.environ.get("MCP_DIFF_SEED", "0"))
 
-pytestmark = pytest.mark.skipif(shutil.which("erlc") is None, reason="Erlang/OTP (erlc, erl) is not installed")
+pytestmark = [
+    pytest.mark.realtime,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(shutil.which("erlc") is None, reason="Erlang/OTP (erlc, erl) is not installed"),
+]
 
 
 def otp_trace(scenarios: list[dict[str, object]], tmp: Path) -> list[str]:

@@ -101,6 +101,7 @@ async def test_cancelling_an_upload_midway_leaves_no_incomplete_multipart_upload
             await st.head("cancel/me.bin")
 
 
+@pytest.mark.timeout(120)
 async def test_listing_2500_keys_returns_all_of_them(s3: MotoServer) -> None:
     async with s3_tree(s3) as tree:
         st = await handle(tree)
