@@ -28,7 +28,7 @@ from mcp_supervisor.core import (
     WorkerSpec,
 )
 from mcp_supervisor.core.events import ChildExited
-from tests.conftest import Recorder, Scripted
+from tests.helpers import Recorder, Scripted
 
 
 def nested() -> tuple[Tree, dict[str, Scripted]]:

@@ -26,7 +26,7 @@ from mcp_supervisor.core import (
     SupervisorSpec,
     Tree,
 )
-from tests.conftest import Recorder, until
+from tests.helpers import Recorder, until
 
 pytestmark = pytest.mark.realtime
 

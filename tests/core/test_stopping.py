@@ -20,7 +20,7 @@ from mcp_supervisor.core import (
     Tree,
     WorkerSpec,
 )
-from tests.conftest import Scripted
+from tests.helpers import Scripted
 
 DEADLINE = 10.0  # generous: an answer comes at once; only a hang reaches this
 

@@ -25,7 +25,7 @@ from mcp_supervisor.core import (
     Tree,
     WorkerSpec,
 )
-from tests.conftest import Recorder, Scripted, until
+from tests.helpers import Recorder, Scripted, until
 
 
 def build(

@@ -12,7 +12,7 @@ import pytest
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
 from mcp_supervisor.health.monitor import HealthMonitor, HealthTransition, factory
 from mcp_supervisor.probe import ProbeResult
-from tests.conftest import Recorder
+from tests.helpers import Recorder, until
 
 
 class Service:
@@ -91,15 +91,14 @@ async def test_unknown_until_the_first_round_completes() -> None:
     slow = Service("block")
     async with tree_with({"db": slow}, critical=["db"], timeout=30) as tree:
         mon = await monitor_of(tree)
-        while slow.calls == 0:
-            await asyncio.sleep(0.001)
+        await until(lambda: slow.calls > 0, what="the first probe")
         assert mon.snapshot.overall == "unknown" and not mon.ready()
         doc, code = mon.document()
         assert code == 503 and doc["status"] == "fail" and "unknown" in doc["notes"][0]
         slow.gate.set()
-        while mon.snapshot.overall == "unknown":
-            await asyncio.sleep(0.001)
-        assert mon.snapshot.overall == "healthy" and mon.ready()
+        await until(lambda: mon.snapshot.overall != "unknown", what="the first round")
+        after = mon.snapshot  # re-read: the monitor replaced it
+        assert after.overall == "healthy" and mon.ready()
 
 
 async def test_transitions_are_events_and_steady_state_is_quiet() -> None:

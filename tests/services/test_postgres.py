@@ -30,7 +30,7 @@ from mcp_supervisor.services.postgres import (
     factory,
     tenant_schema,
 )
-from tests.conftest import Recorder, until
+from tests.helpers import Recorder, until
 from tests.services.servers import PgServer
 
 

@@ -12,7 +12,7 @@ from mcp_supervisor.core import Backoff, ChildStarted, SupervisorFlags, Supervis
 from mcp_supervisor.services.base import ServiceUnavailable
 from mcp_supervisor.services.events import ServiceOperation
 from mcp_supervisor.services.redis import MISS, Cache, CacheError, Gap, Message, RedisSettings, factory
-from tests.conftest import Recorder, until
+from tests.helpers import Recorder, until
 from tests.services.servers import RedisServer
 
 

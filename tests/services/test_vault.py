@@ -27,7 +27,7 @@ from mcp_supervisor.services.vault import (
 from mcp_supervisor.telemetry import logs
 from mcp_supervisor.telemetry.events import log_event
 from mcp_supervisor.telemetry.sink import factory as sink_factory
-from tests.conftest import Recorder, until
+from tests.helpers import Recorder, until
 from tests.services.servers import BaoServer
 
 

@@ -400,10 +400,12 @@ async def run_postgres(ctx: ChildContext, settings: PgSettings) -> None:
                 if failures >= settings.check_failures:
                     raise ServiceUnavailable(f"lost the database {settings.describe()}: {type(e).__name__}") from e
     finally:
-        # graceful close (waits for checked-out connections), bounded; then terminate whatever is left
+        # graceful close (waits for checked-out connections), bounded by close_timeout and by what is left of the
+        # child's shutdown budget (keeping a little for terminate); then terminate whatever is left
         closing = asyncio.ensure_future(pool.close())
+        budget = min(settings.close_timeout, ctx.cleanup_time_left(settings.close_timeout) * 0.8)
         try:
-            await asyncio.wait({closing}, timeout=settings.close_timeout)
+            await asyncio.wait({closing}, timeout=budget)
         finally:
             if not closing.done():
                 closing.cancel()

@@ -36,6 +36,7 @@ from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_conne
 from .events import ServiceOperation
 
 T = TypeVar("T")
+CLOSE_TIMEOUT = 2.0  # seconds to close the pool when no shutdown budget is known (a crash, not a stop)
 
 
 class _Miss:
@@ -399,9 +400,10 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
     finally:
         cache.closed = True
         try:
-            await client.aclose()
-            await client.connection_pool.disconnect()  # a pool we passed in is ours to close
-        except (RedisError, OSError):
+            async with asyncio.timeout(ctx.cleanup_time_left(CLOSE_TIMEOUT)):  # within the child's shutdown budget
+                await client.aclose()
+                await client.connection_pool.disconnect()  # a pool we passed in is ours to close
+        except (RedisError, OSError, TimeoutError):
             pass
 
 
