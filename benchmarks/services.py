@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import asyncpg
 import redis.asyncio as aioredis
+import uvloop
 from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
@@ -108,6 +109,34 @@ async def bench_postgres(server: PgServer, seconds: float) -> None:
         record(f"pg_param_query_c{conc}", w, "raw asyncpg pool", r)
     await raw.close()
     await tree.stop()
+
+    # 50 tasks queueing for 10 connections: asyncpg's pool pays a reset round trip per checkout, the handle only
+    # where a statement may have left session state
+    small = Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="db", run=postgres.factory(
+        {**settings, "pool_size": 10, "min_size": 10}))]))  # fmt: skip
+    await small.start()
+    db = await small.handle("db")
+    raw = await asyncpg.create_pool(host="127.0.0.1", port=server.port, user="postgres", database="postgres",
+                                    min_size=10, max_size=10)  # fmt: skip
+
+    async def tenant_rw() -> None:
+        async with db.tenant("bench") as conn:
+            await conn.fetchrow("SELECT id, name FROM public.bench WHERE id = $1", 42)
+
+    async def raw_tenant_rw() -> None:
+        async with raw.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('search_path', $1, true)", "tenant_bench, public")
+            await conn.fetchrow("SELECT id, name FROM public.bench WHERE id = $1", 42)
+
+    await db.create_tenant_schema("bench")
+    w, r = await pair(lambda: db.fetchval("SELECT 1"), lambda: raw.fetchval("SELECT 1"), 50, seconds)
+    record("pg_select1_c50_pool10", w, "raw asyncpg pool (defaults)", r)
+    w, r = await pair(lambda: db.fetchrow(sql, 42), lambda: raw.fetchrow(sql, 42), 50, seconds)
+    record("pg_param_query_c50_pool10", w, "raw asyncpg pool (defaults)", r)
+    w, r = await pair(tenant_rw, raw_tenant_rw, 50, seconds)
+    record("pg_tenant_txn_c50_pool10", w, "raw asyncpg acquire+transaction", r)
+    await raw.close()
+    await small.stop()
 
 
 async def bench_s3(server: MotoServer, size: int = 64 * 2**20, rounds: int = 5) -> None:
@@ -195,17 +224,24 @@ async def bench_vault(server: BaoServer, seconds: float) -> None:
     await tree.stop()
 
 
-async def main_async(seconds: float) -> None:
+SERVICES = ("redis", "postgres", "s3", "vault")
+
+
+async def main_async(seconds: float, only: set[str]) -> None:
     rs, pg, moto, bao = RedisServer(), PgServer(), MotoServer(), BaoServer()
     try:
-        rs.start()
-        pg.start()
-        moto.start()
-        bao.start()
-        await bench_redis(rs, seconds)
-        await bench_postgres(pg, seconds)
-        await bench_s3(moto)
-        await bench_vault(bao, seconds)
+        if "redis" in only:
+            rs.start()
+            await bench_redis(rs, seconds)
+        if "postgres" in only:
+            pg.start()
+            await bench_postgres(pg, seconds)
+        if "s3" in only:
+            moto.start()
+            await bench_s3(moto)
+        if "vault" in only:
+            bao.start()
+            await bench_vault(bao, seconds)
     finally:
         rs.cleanup()
         pg.cleanup()
@@ -216,16 +252,23 @@ async def main_async(seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement (best of 3)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement (best of 4)")
+    parser.add_argument("--only", action="append", choices=SERVICES, help="these services only (repeatable)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "both"), default="both")
     args = parser.parse_args()
-    asyncio.run(main_async(args.seconds))
+    for loop in ("asyncio", "uvloop") if args.loop == "both" else (args.loop,):
+        first = len(RESULTS)
+        run = uvloop.run if loop == "uvloop" else asyncio.run
+        run(main_async(args.seconds, set(args.only or SERVICES)))
+        for r in RESULTS[first:]:
+            r["loop"] = loop
     if args.json:
         for r in RESULTS:
             print(json.dumps(r))
         return
-    print(f"{'benchmark':<24} {'worker':>12} {'raw':>12} {'ratio':>7}  unit / baseline")
+    print(f"{'benchmark':<28} {'loop':<8} {'worker':>12} {'raw':>12} {'ratio':>7}  unit / baseline")
     for r in RESULTS:
-        print(f"{r['name']:<24} {r['value']:>12.1f} {r['baseline_value']:>12.1f} {r['ratio']:>7.2f}  "
+        print(f"{r['name']:<28} {r['loop']:<8} {r['value']:>12.1f} {r['baseline_value']:>12.1f} {r['ratio']:>7.2f}  "
               f"{r['unit']} / {r['baseline']}")  # fmt: skip
 
 

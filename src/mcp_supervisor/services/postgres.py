@@ -8,6 +8,9 @@
   never its arguments).
 - Tenants: ``async with db.tenant(tenant_id) as conn`` scopes ``search_path`` to the tenant's schema for one
   transaction with ``set_config(..., true)`` (``SET LOCAL``: pgbouncer-safe); ids are validated, names quoted.
+- Our own pool (``pgpool.py``, lighter than asyncpg's): connections go back clean, without the reset round trip
+  where the statements run cannot have left session state, with a fuller reset than asyncpg's everywhere else
+  (``pgsession.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +32,19 @@ from ..probe import ProbeResult, Status
 from ..settings import Settings, read_secret_file
 from .base import Emitter, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
+from .pgpool import Connection, Pool, PoolClosed
+from .pgsession import TrackedConnection, leaves_no_session_state
 
 POOL_BY_ENV = {"prod": 20, "test": 1, "dev": 10}
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 _TENANT_ID = re.compile(r"^[a-z0-9_]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # what a lost server or a pool closed under a query looks like
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+_CONNECTION_ERRORS = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, PoolClosed,
+)  # fmt: skip
+# what can interrupt an operation before the server answered: the connection's state is then unknown
+_UNFINISHED = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 _OPERATIONS = ("select", "insert", "update", "delete", "with", "create", "drop", "alter", "begin", "commit")
 
 
@@ -80,7 +89,7 @@ def _qualified(name: str) -> str:
 SETTINGS_KEYS = frozenset({
     "host", "port", "user", "password", "password_file", "database", "sslmode", "ssl_ca", "env",
     "pool_size", "min_size", "connect_timeout", "command_timeout", "acquire_timeout", "statement_cache_size",
-    "pgbouncer", "connect_attempts", "check_interval", "check_failures", "close_timeout", "query_events",
+    "pgbouncer", "connect_attempts", "check_interval", "check_failures", "close_timeout", "query_events", "reset",
 })  # fmt: skip
 """Every key of this worker's ``config`` table."""
 
@@ -120,6 +129,8 @@ class PgSettings:
         self.check_failures = s.integer("check_failures", 2, 1, 1000)
         self.close_timeout = s.seconds("close_timeout", 2.0, 0.0)
         self.query_events = s.text("query_events", "handle", ("handle", "all")) or "handle"
+        # "auto": skip the reset round trip after statements that cannot leave session state; "always": never skip
+        self.reset = s.text("reset", "auto", ("auto", "always")) or "auto"
 
     def ssl(self) -> Any:
         if self.sslmode in ("verify-ca", "verify-full"):
@@ -133,27 +144,39 @@ class PgSettings:
 
 
 class _Checkout:
-    __slots__ = ("conn", "db")
+    __slots__ = ("conn", "db", "track", "tracked")
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, track: bool = False) -> None:
         self.db = db
+        self.track = track
         self.conn: asyncpg.Connection | None = None
+        self.tracked: TrackedConnection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
-        self.conn = await self.db.checkout()
-        return self.conn
+        self.conn = conn = await self.db.checkout()
+        if self.track:
+            self.tracked = TrackedConnection(conn)
+            return self.tracked
+        return conn
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self.conn is not None:
-            await self.db.pool.release(self.conn)
-            self.conn = None
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        conn, tracked = self.conn, self.tracked
+        if conn is None:
+            return
+        self.conn = self.tracked = None
+        # a server-side error leaves the session as its statements left it; a cancelled or timed-out query, or a
+        # lost connection, leaves it unknown
+        finished = exc_type is None or not issubclass(exc_type, _UNFINISHED)
+        clean = self.db.skip_resets and tracked is not None and tracked.clean
+        await self.db.pool.release(conn, finished=finished, clean=clean)
 
 
 class Database:
     """The concurrency-safe handle: share it between tasks; each call checks a connection out of the pool."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: PgSettings, emitter: DbEmitter) -> None:
+    def __init__(self, pool: Pool, settings: PgSettings, emitter: DbEmitter) -> None:
         self.pool = pool
+        self.skip_resets = settings.reset == "auto"
         self.settings = settings
         self._emit = emitter
         self.acquire_timeouts = 0
@@ -161,7 +184,7 @@ class Database:
 
     # -- connections ---------------------------------------------------------------------------------------
     def acquire(self) -> _Checkout:
-        """``async with db.acquire() as conn``: a connection for several statements (released afterwards)."""
+        """``async with db.acquire() as conn``: a connection for several statements, fully reset when released."""
         return _Checkout(self)
 
     async def checkout(self) -> asyncpg.Connection:
@@ -181,6 +204,8 @@ class Database:
                 f"no database connection free within {self.settings.acquire_timeout:g}s "
                 f"(pool size {self.settings.pool_size})"
             ) from None
+        except PoolClosed:
+            raise ServiceUnavailable(f"database {self.settings.describe()} is closing") from None
         except _CONNECTION_ERRORS as e:
             raise ServiceUnavailable(f"database {self.settings.describe()} is unreachable: {describe(e)}") from e
         finally:
@@ -189,13 +214,20 @@ class Database:
     async def _run(self, method: str, sql: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         conn = await self.checkout()
         limit = timeout or self.settings.command_timeout
+        finished = False  # the server answered, with rows or an error: the session is as the statement left it
         try:  # the client-side deadline also bounds a server that stopped answering
-            return await self._emit.measure(
+            result = await self._emit.measure(
                 _operation(sql), getattr(conn, method)(sql, *args), partial(self._fail, limit), timeout=limit,
                 statement=sql[:1000],
             )  # fmt: skip
+            finished = True
+            return result
+        except asyncpg.PostgresError:
+            finished = True
+            raise
         finally:
-            await self.pool.release(conn)
+            clean = finished and self.skip_resets and leaves_no_session_state(sql)
+            await self.pool.release(conn, finished=finished, clean=clean)
 
     def _fail(self, limit: float, e: Exception) -> Exception:
         if isinstance(e, TimeoutError):
@@ -223,7 +255,9 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.acquire() as conn, conn.transaction():
+        """One transaction on one connection; it goes back without a reset when nothing run on it can have left
+        session state (see ``pgsession``)."""
+        async with _Checkout(self, track=True) as conn, conn.transaction():
             yield conn
 
     # -- tenants -------------------------------------------------------------------------------------------
@@ -231,9 +265,16 @@ class Database:
     async def tenant(self, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
         """One transaction whose ``search_path`` is the tenant's schema (then public)."""
         schema = tenant_schema(tenant_id)
-        async with self.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('search_path', $1, true)", f"{quote_ident(schema)}, public")
-            yield conn
+        async with _Checkout(self, track=True) as conn:
+            # BEGIN and SET LOCAL in one round trip; the schema name is validated and quoted
+            await conn.begin(f"SET LOCAL search_path TO {quote_ident(schema)}, public")
+            try:
+                yield conn
+            except BaseException as e:
+                if not isinstance(e, _UNFINISHED):  # after an unfinished query the pool closes the connection
+                    await conn.end(commit=False)
+                raise
+            await conn.end(commit=True)
 
     async def create_tenant_schema(self, tenant_id: str) -> str:
         schema = tenant_schema(tenant_id)
@@ -310,6 +351,16 @@ class Database:
         return int(status.split()[-1])
 
     # -- health --------------------------------------------------------------------------------------------
+    async def ping(self, timeout: float) -> None:
+        """``SELECT 1`` without an event (the worker's liveness loop)."""
+        conn = await self.checkout()
+        finished = False
+        try:
+            await conn.fetchval("SELECT 1", timeout=timeout)
+            finished = True
+        finally:
+            await self.pool.release(conn, finished=finished, clean=finished and self.skip_resets)
+
     def stats(self) -> dict[str, int]:
         size, idle = self.pool.get_size(), self.pool.get_idle_size()
         return {"size": size, "idle": idle, "used": size - idle, "max": self.pool.get_max_size(),
@@ -334,17 +385,12 @@ def _operation(sql: str) -> str:
     return word if word in _OPERATIONS else "other"
 
 
-async def open_pool(settings: PgSettings, emitter: DbEmitter) -> asyncpg.Pool:
-    async def init(conn: asyncpg.Connection) -> None:
-        if settings.query_events == "all":  # halves throughput: asyncpg builds a record per query
-            conn.add_query_logger(emitter.logged)
-        await _register_codecs(conn)
-
-    async def connect() -> asyncpg.Pool:
-        pool = await asyncpg.create_pool(
+async def open_pool(settings: PgSettings, emitter: DbEmitter) -> Pool:
+    async def connect() -> Any:
+        conn = await asyncpg.connect(
             host=settings.host, port=settings.port, user=settings.user, password=settings.password,
-            database=settings.database, ssl=settings.ssl(), min_size=settings.min_size, max_size=settings.pool_size,
-            timeout=settings.connect_timeout, statement_cache_size=settings.statement_cache_size, init=init,
+            database=settings.database, ssl=settings.ssl(), timeout=settings.connect_timeout,
+            statement_cache_size=settings.statement_cache_size, connection_class=Connection,
             # Command timeouts: the handle's calls use a cheap client-side Deadline; connections handed out by
             # acquire()/tenant()/transaction() get the server's statement_timeout (a client timer per query
             # costs ~8 % at concurrency 50). PgBouncer rejects unknown startup parameters: asyncpg's own then.
@@ -352,13 +398,29 @@ async def open_pool(settings: PgSettings, emitter: DbEmitter) -> asyncpg.Pool:
                {"server_settings": {"statement_timeout": str(int(settings.command_timeout * 1000))}}),
         )  # fmt: skip
         try:
-            await pool.fetchval("SELECT 1", timeout=settings.connect_timeout)
+            if settings.query_events == "all":  # halves throughput: asyncpg builds a record per query
+                conn.add_query_logger(emitter.logged)
+            await _register_codecs(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def start() -> Pool:
+        pool = Pool(connect, settings.min_size, settings.pool_size, reset_timeout=settings.command_timeout)
+        await pool.start()
+        try:
+            conn = await pool.acquire()
+            try:
+                await conn.fetchval("SELECT 1", timeout=settings.connect_timeout)
+            finally:
+                await pool.release(conn, finished=True, clean=False)
         except BaseException:
             pool.terminate()
             raise
         return pool
 
-    return await retry_connect(connect, settings.connect_attempts, 0.1, 2.0, f"postgres {settings.describe()}")
+    return await retry_connect(start, settings.connect_attempts, 0.1, 2.0, f"postgres {settings.describe()}")
 
 
 async def _register_codecs(conn: asyncpg.Connection) -> None:
@@ -393,25 +455,20 @@ async def run_postgres(ctx: ChildContext, settings: PgSettings) -> None:
         while True:  # liveness: exit (and be restarted with backoff) when the server is gone
             await asyncio.sleep(settings.check_interval)
             try:
-                await pool.fetchval("SELECT 1", timeout=min(settings.command_timeout, settings.check_interval * 2))
+                await db.ping(min(settings.command_timeout, settings.check_interval * 2))
                 failures = 0
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ServiceError) as e:
                 failures += 1
                 if failures >= settings.check_failures:
                     raise ServiceUnavailable(f"lost the database {settings.describe()}: {type(e).__name__}") from e
     finally:
         # graceful close (waits for checked-out connections), bounded by close_timeout and by what is left of the
         # child's shutdown budget (keeping a little for terminate); then terminate whatever is left
-        closing = asyncio.ensure_future(pool.close())
         budget = min(settings.close_timeout, ctx.cleanup_time_left(settings.close_timeout) * 0.8)
         try:
-            await asyncio.wait({closing}, timeout=budget)
+            await pool.close(budget)
         finally:
-            if not closing.done():
-                closing.cancel()
-                pool.terminate()
-            elif not closing.cancelled():
-                closing.exception()
+            pool.terminate()
 
 
 def factory(settings: Mapping[str, Any]) -> WorkerFn:
