@@ -34,8 +34,10 @@ from ..probe import ProbeResult
 from ..settings import Settings, read_secret_file
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 from .events import ServiceOperation
+from .redislanes import Lanes
 
 T = TypeVar("T")
+LANES = 8  # at most this many connections carry the cache's commands, pipelined (redislanes.py)
 CLOSE_TIMEOUT = 2.0  # seconds to close the pool when no shutdown budget is known (a crash, not a stop)
 
 
@@ -189,7 +191,10 @@ class Cache(Handle):
     service_name = "redis"
 
     def __init__(self, client: aioredis.Redis, settings: RedisSettings, emitter: Emitter) -> None:
-        self.client = client
+        self.client = client  # pub/sub; every other command goes through the lanes
+        # lanes hold their connections: leave one for pub/sub
+        lanes = max(1, min(LANES, settings.max_connections - 1))
+        self.lanes = Lanes(client.connection_pool, lanes, settings.retries)
         self.settings = settings
         self._emit = emitter
         self._flights: dict[str, asyncio.Future[Any]] = {}
@@ -219,36 +224,39 @@ class Cache(Handle):
     # -- key/value -----------------------------------------------------------------------------------------
     async def get(self, key: str) -> Any:
         """The stored value, or :data:`MISS` (a stored ``None`` comes back as ``None``)."""
-        raw = await self._emit.measure("get", self.client.get(self.key(key)), partial(self._fail, "get"), detail=_hit)
+        raw = await self._emit.measure("get", self.lanes.execute("GET", self.key(key)), partial(self._fail, "get"),
+                                       detail=_hit)  # fmt: skip
         return _decode(raw)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         payload, ex, k = _encode(value), _ttl(ttl), self.key(key)
-        await self._emit.measure("set", self.client.set(k, payload, ex=ex), partial(self._fail, "set"))
+        command = (
+            self.lanes.execute("SET", k, payload) if ex is None else self.lanes.execute("SET", k, payload, "EX", ex)
+        )
+        await self._emit.measure("set", command, partial(self._fail, "set"))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        return int(await self._call("delete", self.client.delete(*(self.key(k) for k in keys))))
+        return int(await self._call("delete", self.lanes.execute("DEL", *(self.key(k) for k in keys))))
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._call("exists", self.client.exists(self.key(key))))
+        return bool(await self._call("exists", self.lanes.execute("EXISTS", self.key(key))))
 
     async def mget(self, keys: list[str]) -> list[Any]:
         if not keys:
             return []
-        raws = await self._call("mget", self.client.mget([self.key(k) for k in keys]))
+        raws = await self._call("mget", self.lanes.execute("MGET", *(self.key(k) for k in keys)))
         return [_decode(r) for r in raws]
 
     async def mset(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
-        """Set several keys, each with the TTL (a non-transactional pipeline of SET ... EX)."""
+        """Set several keys, each with the TTL (SET ... EX each, queued together: one round trip)."""
         if not items:
             return
         ex = _ttl(ttl)
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(self.key(k), _encode(v), ex=ex)
-        await self._call("mset", pipe.execute())
+        tail = () if ex is None else ("EX", ex)
+        sets = [self.lanes.execute("SET", self.key(k), _encode(v), *tail) for k, v in items.items()]
+        await self._call("mset", asyncio.gather(*sets))
 
     # -- cache-aside -----------------------------------------------------------------------------------------
     async def get_or_compute(
@@ -313,7 +321,7 @@ class Cache(Handle):
             text = json.dumps(envelope, default=_default)
         except (TypeError, ValueError) as e:
             raise CacheError(f"message is not JSON-serialisable: {e}") from None
-        return int(await self._call("publish", self.client.publish(channel, text), direction="out"))
+        return int(await self._call("publish", self.lanes.execute("PUBLISH", channel, text), direction="out"))
 
     async def subscribe(self, channel: str) -> AsyncIterator[Message | Gap]:
         """Messages of ``channel``; after a lost connection, a :class:`Gap`, then messages again.
@@ -371,7 +379,7 @@ class Cache(Handle):
         return Message(env["data"], env["timestamp"], env["id"], channel)
 
     async def probe(self) -> ProbeResult | None:
-        await self._call("ping", self.client.ping())
+        await self._call("ping", self.lanes.execute("PING"))
         return None
 
 
@@ -384,6 +392,7 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
             await client.ping()
 
     cache = Cache(client, settings, emitter)
+    cache.lanes.start()
     try:
         await retry_connect(connect, settings.connect_attempts, 0.05, 1.0, f"redis {settings.describe()}")
         ctx.started(cache)
@@ -391,7 +400,7 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
         while True:  # liveness: exit (and be restarted with backoff) when the server is gone
             await asyncio.sleep(settings.check_interval)
             try:
-                await client.ping()
+                await cache.lanes.execute("PING")
                 failures = 0
             except (RedisError, OSError) as e:
                 failures += 1
@@ -401,6 +410,7 @@ async def run_redis(ctx: ChildContext, settings: RedisSettings) -> None:
         cache.closed = True
         try:
             async with asyncio.timeout(ctx.cleanup_time_left(CLOSE_TIMEOUT)):  # within the child's shutdown budget
+                await cache.lanes.close()
                 await client.aclose()
                 await client.connection_pool.disconnect()  # a pool we passed in is ours to close
         except (RedisError, OSError, TimeoutError):
