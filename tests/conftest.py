@@ -12,7 +12,15 @@ SERVER_FIXTURES = frozenset(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses a real server's fixture is a ``servers`` test, wherever it lives."""
+    """A test that uses a real server's fixture is a ``servers`` test, wherever it lives. Tests that declare a long
+    timeout go first, so that under ``-n`` they run side by side from the start instead of one of them ending the
+    run alone (a stable sort: everything else keeps its order)."""
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.servers)
+    items.sort(key=lambda item: -_declared_timeout(item))
+
+
+def _declared_timeout(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0

@@ -3,7 +3,7 @@ kill -9s the backing servers (PostgreSQL, Redis, moto, OpenBao) and restarts wor
 
 Invariants: every row the application acknowledged is in PostgreSQL at the end; every target is back (running,
 a new pid) within its bound after each blow; the daemon's memory and open files stay flat; after SIGTERM no process
-of the stack is left. ``MCP_SOAK_SECONDS`` (default 60) and ``MCP_SOAK_SEED`` (default 7) shape the run.
+of the stack is left. ``MCP_SOAK_SECONDS`` (default 45) and ``MCP_SOAK_SEED`` (default 7) shape the run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from tests.daemon_helpers import alive, wait_until
 from tests.stack_helpers import Stack, rounds_ok, tree_pids
 
-SOAK = float(os.environ.get("MCP_SOAK_SECONDS", "60"))
+SOAK = float(os.environ.get("MCP_SOAK_SECONDS", "45"))
 SEED = int(os.environ.get("MCP_SOAK_SEED", "7"))
 BOUND = 90.0  # seconds for a target to be back: server start (PostgreSQL recovery, moto's import) plus backoff
 SERVERS = ("postgres/server", "redis/server", "s3/server", "vault/server")

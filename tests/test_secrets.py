@@ -249,10 +249,16 @@ def test_reload_keeps_redacting_the_previous_secrets_and_adds_the_new(tmp_path: 
     d = Daemon(tmp_path, body % "first-Planted-aaaa", token_value=ADMIN)
     try:
         d.wait_ready()
+
+        def outputs() -> int:
+            return sum(1 for e in d.log_events() if e.get("line") == "v=[REDACTED]")
+
+        # ready means spawned: the first incarnation's line must be out before the reload replaces it
+        wait_until(lambda: outputs() == 1, 30, "the first output")
         d.write(body % "second-Planted-bbbb")
         code, result, _ = d.request("POST", "/reload?wait=1")
         assert code == 200 and result["changes"] == [{"path": "p", "change": "changed"}], result
-        wait_until(lambda: sum(1 for e in d.log_events() if e.get("line") == "v=[REDACTED]") == 2, 15, "two outputs")
+        wait_until(lambda: outputs() == 2, 30, "the second output")
     finally:
         assert d.stop() == 0
     text = d.log_text()
