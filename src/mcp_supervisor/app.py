@@ -22,10 +22,11 @@ from typing import Any
 from .admin import AdminServer, AdminState, find_health
 from .config import Config, ConfigError, load_config
 from .core import ChildExited, ChildStarted, FailedToStartChild, State, SupervisorSpec, Tree, describe
+from .journal import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, Journal, Limits, ReloadResult
 from .settings import read_small_file
 from .systemd import Notifier
 from .telemetry.events import log_events
-from .telemetry.logs import REDACTOR, LineWriter, close_writers, configure, get_logger
+from .telemetry.logs import REDACTOR, LineWriter, close_writers, configure, get_logger, set_tap
 from .telemetry.metrics import METRICS_REGISTRY, DaemonMetrics
 
 EXIT_OK = 0
@@ -81,6 +82,7 @@ class Daemon:
         self.tree = Tree(cfg.tree, subreaper=True)
         self.metrics = DaemonMetrics(self.tree.status)
         self.tree.provide(METRICS_REGISTRY, self.metrics.registry)  # one registry for every metric
+        self.journal = Journal(redact=REDACTOR.redact_value, limits=log_limits(cfg))
         self.state = AdminState(
             tree=self.tree,
             find_health=lambda: find_health(self.tree),
@@ -90,12 +92,17 @@ class Daemon:
             token=token,
             on_mutation=lambda outcome: self.metrics.admin_requests.labels(outcome.split(" ")[0]).inc(),
             redact=REDACTOR.redact_value,
+            journal=self.journal,
         )
         self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
         self._secrets = cfg.secrets | ({token} if token else frozenset())
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _emit(self, event: ReloadResult) -> None:
+        if self.tree.bus.active:
+            self.tree.bus.emit(event)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -117,6 +124,9 @@ class Daemon:
             stack.push_async_callback(self._cancel_tasks)  # unwound last
             stack.enter_context(self._signals())  # SIGHUP before READY=1 (systemd/systemd#39692)
             self._spawn(log_events(tree.bus.subscribe(maxlen=100_000), self.log))
+            self._spawn(self.journal.pump(tree.bus))
+            set_tap(self.journal.log_line)  # children's own log lines into their output rings
+            stack.callback(set_tap, None)
             self.log.info("starting", config=cfg.file, admin=cfg.daemon.admin, children=len(cfg.tree.children))
             self.notifier.status("starting the tree")
             try:
@@ -231,6 +241,7 @@ class Daemon:
                 self.metrics.reload_result(False)
                 self.log.error("reload failed; keeping the running configuration", error=str(e))
                 self.notifier.ready(f"reload failed, running the previous config: {e}")
+                self._emit(ReloadResult(path="", ok=False, error=str(e)))
                 return {"ok": False, "error": str(e), "changes": []}
             old = self.config
             if new.daemon.admin != old.daemon.admin:
@@ -241,6 +252,7 @@ class Daemon:
                 self.metrics.reload_result(False)
                 self.log.error("reload failed while applying", error=describe(e))
                 self.notifier.ready(f"reload failed: {describe(e)}")
+                self._emit(ReloadResult(path="", ok=False, error=describe(e)))
                 return {"ok": False, "error": describe(e), "changes": []}
             self.config = new
             self.state.token = token
@@ -249,10 +261,22 @@ class Daemon:
             REDACTOR.update(self._secrets | current)
             self._secrets = current
             self.metrics.reload_result(True)
+            self.journal.resize(log_limits(new))
+            self._emit(ReloadResult(path="", ok=True, changes=tuple(changes)))
             described = [{"path": p, "change": c} for p, c in changes]
             self.log.info("reloaded", changes=described)
             self.notifier.ready(self._summary(f"reloaded ({len(changes)} changes)"))
             return {"ok": True, "changes": described}
+
+
+def log_limits(cfg: Config) -> Limits:
+    """Each child's output-ring bounds, from its ``log_lines`` / ``log_bytes``."""
+
+    def limits(path: str) -> tuple[int, int]:
+        entry = cfg.entries.get(path)
+        return (entry.log_lines, entry.log_bytes) if entry is not None else (DEFAULT_LOG_LINES, DEFAULT_LOG_BYTES)
+
+    return limits
 
 
 async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[str, str]]:

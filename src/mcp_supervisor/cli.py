@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from typing import Any
@@ -43,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("restart", "stop", "start"):
         a = actions.add_parser(name, help=f"{name} the child at PATH (e.g. edge/proxy)")
         a.add_argument("path")
+    st.add_argument("--watch", action="store_true", help="redraw the tree on every event (Ctrl-C ends it)")
+    lg = actions.add_parser("logs", help="a child's recent output (stdout/stderr, its own log lines)")
+    lg.add_argument("path")
+    lg.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends it)")
+    ev = actions.add_parser("events", help="recent events of the tree (started, exited, restarts, reloads, ...)")
+    ev.add_argument("-n", "--lines", type=int, default=50, help="how many (default 50)")
+    ev.add_argument("-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C ends it)")
+    ev.add_argument("--path", action="append", default=[], help="only this child and below (repeatable)")
     rl = actions.add_parser("reload", help="re-read the config and apply the difference")
     rl.add_argument("--wait", action="store_true", help="wait for the result (what changed, or the error)")
     actions.add_parser("health", help="run a health round now and print it")
@@ -72,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.path or args.config)
     if args.command == "db":
         return asyncio.run(db_command(args))
-    return asyncio.run(ctl(args))
+    from .ctl import ctl
+
+    try:
+        return asyncio.run(ctl(args, *_admin_and_token(args)))
+    except OSError as e:
+        print(f"cannot read the token file: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C ends a follow or a watch: quietly
+        return 130
 
 
 async def db_command(args: argparse.Namespace) -> int:
@@ -174,99 +190,6 @@ def _admin_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
         with open(token_file, encoding="utf-8") as f:
             token = f.read().strip()
     return admin or DEFAULT_ADMIN, token
-
-
-async def ctl(args: argparse.Namespace) -> int:
-    import aiohttp
-
-    try:
-        admin, token = _admin_and_token(args)
-    except OSError as e:
-        print(f"cannot read the token file: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if admin.startswith("unix:"):
-        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=admin[5:])
-        base = "http://localhost"
-    else:
-        connector = aiohttp.TCPConnector()
-        base = f"http://{admin}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
-    method, url = "GET", "/status"
-    if args.action in ("restart", "stop", "start"):
-        method, url = "POST", f"/children/{args.path.strip('/')}/{args.action}"
-    elif args.action == "reload":
-        method, url = "POST", f"/reload?wait={'1' if args.wait else '0'}"
-    elif args.action == "health":
-        method, url = "POST", "/health/check"
-    try:
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.request(method, base + url, headers=headers) as resp,
-        ):
-            text = await resp.text()
-            status = resp.status
-    except (aiohttp.ClientError, OSError, TimeoutError) as e:
-        print(f"cannot reach the daemon at {admin}: {describe(e)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    try:
-        body: Any = json.loads(text)
-    except json.JSONDecodeError:
-        body = text
-    if status >= 400:
-        msg = body.get("error", body) if isinstance(body, dict) else body
-        print(f"error {status}: {msg}", file=sys.stderr)
-        return EXIT_CONFIG if args.action == "reload" and status == 422 else 1
-    if args.action == "status" and not args.json:
-        print(render_tree(body))
-    elif args.action == "reload" and isinstance(body, dict) and "changes" in body:
-        changes = body["changes"] or [{"path": "-", "change": "nothing changed"}]
-        for c in changes:
-            print(f"{c['path'] or '/'}: {c['change']}")
-    else:
-        print(json.dumps(body, indent=2))
-    return 0
-
-
-def _uptime(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def render_tree(doc: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def describe(node: dict[str, Any]) -> str:
-        parts = [node["id"] or "/", node["kind"], node["state"]]
-        if node["kind"] == "supervisor":
-            parts.insert(2, node.get("strategy", ""))
-        if node.get("pid"):
-            parts.append(f"pid {node['pid']}")
-        parts.append(f"restarts {node['restarts']}")
-        if node["state"] == "running":
-            parts.append(f"up {_uptime(node['uptime_s'])}")
-        if node.get("next_restart_at"):
-            import time
-
-            parts.append(f"next try in {max(0.0, node['next_restart_at'] - time.time()):.1f}s")
-        if node.get("last_exit") and node["state"] != "running":
-            parts.append(f"last exit {node['last_exit']['reason']}: {node['last_exit']['detail']}".rstrip(": "))
-        return "  ".join(p for p in parts if p)
-
-    def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
-        branch = "" if root else ("└── " if last else "├── ")
-        lines.append(prefix + branch + describe(node))
-        kids = node.get("children", [])
-        deeper = prefix + ("" if root else ("    " if last else "│   "))
-        for i, child in enumerate(kids):
-            walk(child, deeper, i == len(kids) - 1, False)
-
-    walk(doc, "", True, True)
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,21 @@ from typing import Any, Protocol, runtime_checkable
 from aiohttp import web
 
 from ..core import FailedToStartChild, NodeStatus, NoSuchPath, NotRunning, OperationError, State, Tree
+from ..journal import Journal
 from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, GuardedTCPSite, GuardedUnixSite
 from .openapi import OPENAPI
+from .streams import Streams
+from .ui import UI
 
 MAX_BODY = 16 * 1024
-QUERY_PARAMETERS: dict[str, frozenset[str]] = {"/reload": frozenset({"wait"})}
+QUERY_PARAMETERS: dict[str, frozenset[str]] = {
+    "/reload": frozenset({"wait"}),
+    "/events": frozenset({"follow", "last_event_id", "limit", "path"}),
+    "/children/{path}/logs": frozenset({"follow", "last_event_id", "lines", "format"}),
+}
 """Query parameters each route takes; any other is a 400 naming it."""
 _BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])  # reloads accepted with wait=0
+STREAMS = web.AppKey("streams", Streams)
 HEALTH_JSON = "application/health+json"
 
 
@@ -68,6 +76,8 @@ class AdminState:
     on_mutation: Callable[[str], None] | None = None
     redact: Callable[[Any], Any] = lambda doc: doc
     """Cleans a response document's free text (the daemon's redactor; ids, paths and states are kept)."""
+    journal: Journal | None = None
+    """Recent events and each child's output, for /events and /children/{path}/logs (none: 503)."""
 
 
 def allowed_hosts(admin: str) -> set[str] | None:
@@ -169,6 +179,27 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     async def openapi(_: web.Request) -> web.Response:
         return _json(OPENAPI)
 
+    streams = Streams(lambda: state.journal, _error, state.redact)
+    app[STREAMS] = streams
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        try:
+            return await streams.events(request, _flag(request, "follow", None))
+        except ValueError as e:
+            return _error(400, str(e))
+
+    async def logs(request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"].strip("/")
+        try:
+            state.tree.child(path)
+            known = True
+        except (NoSuchPath, NotRunning):
+            known = False
+        try:
+            return await streams.logs(request, path, known, _flag(request, "follow", None))
+        except ValueError as e:
+            return _error(400, str(e))
+
     def authorize(request: web.Request) -> web.Response | None:
         if state.token is None:
             return _error(403, "mutations are disabled: configure daemon.admin_token_file")
@@ -251,6 +282,9 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/children/{path:.+}/{action:restart|stop|start}", child_action)
+    app.router.add_get("/children/{path:.+}/logs", logs)
+    app.router.add_get("/events", events)
+    UI.add_routes(app)
     app.router.add_post("/reload", reload)
     app.router.add_post("/health/check", health_check)
     return app
@@ -259,7 +293,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
-def _flag(request: web.Request, name: str, default: bool) -> bool:
+def _flag(request: web.Request, name: str, default: Any) -> Any:
     """A boolean query parameter given at most once: 1/true/yes or 0/false/no; ValueError names what is wrong."""
     values = request.query.getall(name, [])
     if not values:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -22,15 +23,16 @@ from ..core import (
     describe,
 )
 from ..settings import SettingError, kind_of, show
-from .model import ChildEntry, WorkerFactory
+from .model import LOG_BYTES, LOG_LINES, ChildEntry, WorkerFactory
 from .reader import Reader, check_keys, numbers, split_host_port
 
 MAX_DEPTH = 64  # supervisors nested in one another
 
 _COMMON = {"id", "restart", "shutdown", "significant", "backoff"}
 SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
-_WORKER = _COMMON | {"worker", "config", "start_timeout"}
-_PROCESS = _COMMON | {"command", "env", "public_env", "cwd", "inherit_env", "ready"}
+_LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
+_WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
+_PROCESS = _COMMON | _LOGS | {"command", "env", "public_env", "cwd", "inherit_env", "ready"}
 _SUPERVISOR = _COMMON | SUP_FLAGS | {"children"}
 
 
@@ -131,8 +133,10 @@ def child(
     common: dict[str, Any] = {k: table[k] for k in ("id", "restart", "shutdown", "significant") if k in table}
     common["backoff"] = _backoff(ctx, table.get("backoff"), key)
     try:
+        lines, size = _log_bounds(ctx, table, key)
         if kind == "worker":
             spec: ChildSpec = _worker(ctx, table, key, path, common, entries)
+            entries[path] = dataclasses.replace(entries[path], log_lines=lines, log_bytes=size)
         elif kind == "command":
             env = _env(ctx, table.get("env", {}), f"{key}.env")
             public = _public_env(ctx, table.get("public_env", []), f"{key}.public_env")
@@ -147,7 +151,10 @@ def child(
                 ready=_ready(ctx, table.get("ready"), key),
                 **common,
             )
-            entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, {"public_env"}))
+            entries[path] = ChildEntry(
+                path=path, kind="process", fingerprint=_fingerprint(table, {"public_env"} | _LOGS),
+                log_lines=lines, log_bytes=size,
+            )  # fmt: skip
         else:
             children = table["children"]
             if not isinstance(children, list):
@@ -187,9 +194,21 @@ def _worker(  # noqa: PLR0917
     ctx.collect(settings, f"{key}.config")
     extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
     entries[path] = ChildEntry(
-        path=path, kind="worker", fingerprint=_fingerprint(table, set()), worker=name, settings=settings
+        path=path, kind="worker", fingerprint=_fingerprint(table, set(_LOGS)), worker=name, settings=settings
     )
     return WorkerSpec(run=run, **common, **extra)
+
+
+def _log_bounds(ctx: Reader, table: Mapping[str, Any], key: str) -> tuple[int, int]:
+    """``log_lines`` (0..1,000,000) and ``log_bytes`` (0..64 MiB) of the child's output ring."""
+    table = numbers(table, tuple(_LOGS))
+    out = []
+    for name, default, top in (("log_lines", LOG_LINES, 1_000_000), ("log_bytes", LOG_BYTES, 64 * 2**20)):
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise ctx.error(f"{key}.{name}", f"must be an integer 0..{top}, got {show(name, value)}")
+        out.append(value)
+    return out[0], out[1]
 
 
 def _command(ctx: Reader, value: Any, key: str) -> list[str]:

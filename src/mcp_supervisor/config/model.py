@@ -10,6 +10,8 @@ from ..core import SupervisorFlags, SupervisorSpec, WorkerFn
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
 DEFAULT_ADMIN = "127.0.0.1:7080"
+LOG_LINES = 1000
+LOG_BYTES = 256 * 1024
 
 WorkerFactory: TypeAlias = Callable[[Mapping[str, Any]], WorkerFn]
 """A worker plugin: called once per load with the child's ``config`` table; returns the worker's ``run(ctx)``.
@@ -54,6 +56,8 @@ class ChildEntry:
     flags: SupervisorFlags | None = None
     worker: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)  # a worker's expanded config table
+    log_lines: int = LOG_LINES  # the child's output ring (GET /children/{path}/logs): lines kept ...
+    log_bytes: int = LOG_BYTES  # ... and bytes kept
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

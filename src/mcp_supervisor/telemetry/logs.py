@@ -16,7 +16,7 @@ import collections
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from types import TracebackType
 from typing import Any, TextIO, cast
 
@@ -127,6 +127,30 @@ def add_child(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappin
     return event
 
 
+_TAP_SKIP = frozenset({"event", "level", "ts", "child", "logger", "timestamp"})
+
+
+class _Tap:
+    fn: Callable[[str, str, str], None] | None = None
+
+
+def set_tap(tap: Callable[[str, str, str], None] | None) -> None:
+    """``tap(child_path, level, text)`` receives every (redacted) line logged from inside a child's task."""
+    _Tap.fn = tap
+
+
+def tap_child_lines(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Hands a child's own log lines (those logged from inside its task) to the tap: they go into its output ring."""
+    tap = _Tap.fn
+    if tap is not None:
+        path = current_child.get()
+        if path is not None and event.get("child", path) == path:
+            extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in _TAP_SKIP)
+            text = f"{event.get('event', '')} {extra}".strip()
+            tap(path, str(event.get("level", "info")), text)
+    return event
+
+
 def _redactor(redactor: Redactor) -> Any:
     def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in event.items():
@@ -174,6 +198,7 @@ def configure(
             stamp,
             structlog.processors.format_exc_info,
             redact,
+            tap_child_lines,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -205,6 +230,7 @@ def _take_over_stdlib(out: Any, level: str, renderer: Any, redact: Any, stamp: A
                 stamp,
                 structlog.processors.format_exc_info,
                 redact,
+                tap_child_lines,
             ],
             processors=[_drop_meta, renderer],
         )

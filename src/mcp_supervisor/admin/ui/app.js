@@ -1,0 +1,288 @@
+// The web observer of mcp-supervisor: the live tree (fed by /events), health, a child's output, recent events,
+// and token-guarded controls. No framework, no build step; every text goes in through textContent.
+"use strict";
+
+const TOKEN_KEY = "mcp-supervisor-token";
+const SYMBOL = { running: "●", starting: "◐", restarting: "↻", stopping: "◑", stopped: "■" };
+const HOUR = 3600;
+const BUCKETS = 12;
+const BARS = "▁▂▃▄▅▆▇█";
+
+const state = {
+  status: null,          // the last /status document
+  fetchedAt: 0,          // when it was fetched (ms): uptimes tick from there
+  restarts: new Map(),   // path -> [unix seconds of each restart seen in the event stream]
+  selected: null,        // the child whose output is shown
+  logSource: null,
+  refreshTimer: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+function message(text, isError) {
+  const m = $("message");
+  m.textContent = text;
+  m.className = isError ? "error" : "";
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+function sparkline(path) {
+  const now = Date.now() / 1000;
+  const counts = new Array(BUCKETS).fill(0);
+  for (const at of state.restarts.get(path) || []) {
+    const age = now - at;
+    if (age >= 0 && age < HOUR) counts[BUCKETS - 1 - Math.floor(age / (HOUR / BUCKETS))] += 1;
+  }
+  const max = Math.max(...counts);
+  const bars = counts.map((c) => (c === 0 ? "·" : BARS[Math.min(BARS.length - 1, Math.ceil((c / max) * BARS.length) - 1)]));
+  return { text: bars.join(""), total: counts.reduce((a, b) => a + b, 0) };
+}
+
+// -- the tree ----------------------------------------------------------------------------------------------
+function flatten(node, depth, out) {
+  for (const child of node.children || []) {
+    out.push({ node: child, depth });
+    flatten(child, depth + 1, out);
+  }
+  return out;
+}
+
+function renderTree() {
+  const body = document.querySelector("#tree tbody");
+  const rows = state.status ? flatten(state.status, 0, []) : [];
+  const elapsed = (Date.now() - state.fetchedAt) / 1000;
+  const canAct = Boolean(token());
+  body.replaceChildren(...rows.map(({ node, depth }) => {
+    const tr = el("tr");
+    tr.dataset.path = node.path;
+    if (node.path === state.selected) tr.classList.add("selected");
+    const name = el("td", `${"  ".repeat(depth)}${depth ? "└ " : ""}${node.id}`, "path");
+    name.style.paddingLeft = `${0.5 + depth * 1.1}rem`;
+    tr.append(name, el("td", node.kind));
+    tr.append(el("td", `${SYMBOL[node.state] || "?"} ${node.state}`, `state state-${node.state}`));
+    tr.append(el("td", node.pid ?? ""));
+    const up = el("td", node.state === "running" ? duration(node.uptime_s + elapsed) : "", "uptime");
+    if (node.state === "running") up.dataset.up = String(node.uptime_s - state.fetchedAt / 1000);
+    tr.append(up);
+    tr.append(el("td", node.restarts, "restarts"));
+    const spark = sparkline(node.path);
+    const sp = el("td", spark.text, "spark");
+    sp.title = `${spark.total} restart(s) seen in the last hour`;
+    tr.append(sp);
+    const last = node.last_exit;
+    tr.append(el("td", last ? `${last.reason}${last.detail ? ": " + last.detail : ""}` : "", "last-exit"));
+    const next = el("td", node.next_restart_at ? `in ${duration(node.next_restart_at - Date.now() / 1000)}` : "", "next");
+    if (node.next_restart_at) next.dataset.at = String(node.next_restart_at);
+    tr.append(next);
+    const actions = el("td", null, "actions");
+    for (const action of ["restart", "stop", "start"]) {
+      const b = el("button", action);
+      b.type = "button";
+      b.disabled = !canAct;
+      b.dataset.action = action;
+      b.dataset.path = node.path;
+      b.title = canAct ? `${action} ${node.path}` : "paste the admin token first";
+      actions.append(b);
+    }
+    tr.append(actions);
+    return tr;
+  }));
+}
+
+function tick() {
+  const now = Date.now() / 1000;
+  for (const td of document.querySelectorAll("#tree td.uptime[data-up]")) td.textContent = duration(now + Number(td.dataset.up));
+  for (const td of document.querySelectorAll("#tree td.next[data-at]")) td.textContent = `in ${duration(Number(td.dataset.at) - now)}`;
+}
+
+async function refreshStatus() {
+  const resp = await fetch("/status", { cache: "no-store" });
+  if (!resp.ok) throw new Error(`/status answered ${resp.status}`);
+  state.status = await resp.json();
+  state.fetchedAt = Date.now();
+  renderTree();
+}
+
+async function refreshHealth() {
+  const resp = await fetch("/health", { cache: "no-store" });
+  const doc = await resp.json();
+  $("overall").textContent = `health: ${doc.status}`;
+  $("overall").dataset.status = doc.status;
+  const items = [];
+  for (const [name, results] of Object.entries(doc.checks || {})) {
+    for (const r of results) {
+      const text = `${r.status === "pass" ? "✓" : r.status === "warn" ? "!" : "✗"} ${name}` +
+        `${r.componentId ? " " + r.componentId : ""}: ${r.status}${r.output ? " — " + r.output : ""}`;
+      items.push(el("li", text, `check-${r.status}`));
+    }
+  }
+  $("health").replaceChildren(...items);
+}
+
+function scheduleRefresh(health) {
+  if (health) refreshHealth().catch(() => {});
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = null;
+    refreshStatus().catch((e) => message(String(e), true));
+  }, 50);
+}
+
+// -- events ------------------------------------------------------------------------------------------------
+function describe(ev) {
+  const time = new Date((ev.at || 0) * 1000).toLocaleTimeString();
+  const who = ev.path || "/";
+  switch (ev.type) {
+    case "ChildStarted": return `${time} ${who} started${ev.pid ? " pid " + ev.pid : ""} (restarts ${ev.restarts})`;
+    case "ChildExited": return `${time} ${who} exited: ${ev.reason.kind}${ev.reason.detail ? " " + ev.reason.detail : ""}`;
+    case "RestartScheduled": return `${time} ${who} restart in ${ev.delay_s.toFixed(2)}s (attempt ${ev.attempt})`;
+    case "IntensityExceeded": return `${time} ${who} gave up: intensity ${ev.intensity} in ${ev.period}s exceeded`;
+    case "ReloadResult": return `${time} reload ${ev.ok ? "applied: " + ev.changes.length + " change(s)" : "failed: " + ev.error}`;
+    case "HealthTransition": return `${time} health ${ev.check || "overall"}: ${ev.previous} → ${ev.current}`;
+    case "ProcessOutput": return null;
+    default: return `${time} ${who} ${ev.type}`;
+  }
+}
+
+function onEvent(ev) {
+  if (ev.type === "ChildStarted" && ev.restarts > 0) {
+    const list = state.restarts.get(ev.path) || [];
+    list.push(ev.at);
+    while (list.length && Date.now() / 1000 - list[0] > HOUR) list.shift();
+    state.restarts.set(ev.path, list);
+  }
+  const text = describe(ev);
+  if (text !== null) {
+    const list = $("events");
+    list.prepend(el("li", text, ev.type));
+    while (list.children.length > 300) list.lastChild.remove();
+  }
+  if (ev.type === "ReloadResult" && !ev.ok) message(`reload failed: ${ev.error}`, true);
+  if (["ChildStarted", "ChildExited", "RestartScheduled", "StartFailed", "SupervisorStopped", "ReloadResult",
+       "IntensityExceeded"].includes(ev.type)) scheduleRefresh(false);
+  if (ev.type === "HealthTransition" || ev.type === "HealthRound") scheduleRefresh(true);
+}
+
+function connectEvents() {
+  // replay what the journal still holds (restart history for the sparklines), then follow live; EventSource
+  // reconnects by itself and sends Last-Event-ID
+  const source = new EventSource("/events?follow=1&last_event_id=0");
+  const conn = $("conn");
+  source.onopen = () => { conn.textContent = "live"; conn.dataset.state = "live"; scheduleRefresh(true); };
+  source.onerror = () => { conn.textContent = "reconnecting…"; conn.dataset.state = "down"; };
+  source.onmessage = (m) => onEvent(JSON.parse(m.data));
+  for (const type of ["ChildStarted", "ChildExited", "RestartScheduled", "StartFailed", "IntensityExceeded",
+                      "SupervisorStopped", "ShutdownTimeout", "ChildUnstopped", "EscapeeKilled", "SpecWarning",
+                      "HealthTransition", "HealthRound", "ReloadResult", "ProcessOutput", "ServiceState"]) {
+    source.addEventListener(type, (m) => onEvent(JSON.parse(m.data)));
+  }
+  source.addEventListener("gap", (m) => {
+    const { missed } = JSON.parse(m.data);
+    $("events").prepend(el("li", `… ${missed} event(s) missed`, "gap"));
+    scheduleRefresh(true);
+  });
+}
+
+// -- a child's output --------------------------------------------------------------------------------------
+function select(path) {
+  if (state.logSource) state.logSource.close();
+  state.selected = path;
+  $("log-path").textContent = path;
+  const pre = $("logs");
+  pre.replaceChildren();
+  const source = new EventSource(`/children/${path.split("/").map(encodeURIComponent).join("/")}/logs?follow=1&lines=200`);
+  state.logSource = source;
+  source.addEventListener("line", (m) => {
+    const line = JSON.parse(m.data);
+    const time = new Date(line.at * 1000).toLocaleTimeString();
+    pre.append(el("span", `${time} ${line.stream}${line.pid ? "[" + line.pid + "]" : ""} ${line.text}\n`, line.stream));
+    while (pre.childNodes.length > 2000) pre.firstChild.remove();
+    pre.scrollTop = pre.scrollHeight;
+  });
+  source.addEventListener("gap", (m) => pre.append(el("span", `… ${JSON.parse(m.data).missed} line(s) missed\n`, "gap")));
+  renderTree();
+}
+
+// -- controls ----------------------------------------------------------------------------------------------
+async function post(url) {
+  const t = token();
+  if (!t) throw new Error("paste the admin token first");
+  const resp = await fetch(url, { method: "POST", headers: { Authorization: `Bearer ${t}` }, cache: "no-store" });
+  let doc = {};
+  try { doc = await resp.json(); } catch (e) { /* an empty or non-JSON body */ }
+  if (!resp.ok && resp.status !== 422) throw new Error(doc.error || `${url} answered ${resp.status}`);
+  return { status: resp.status, doc };
+}
+
+async function act(action, path) {
+  try {
+    await post(`/children/${path.split("/").map(encodeURIComponent).join("/")}/${action}`);
+    message(`${action} ${path}: done`, false);
+  } catch (e) {
+    message(`${action} ${path}: ${e.message}`, true);
+  }
+  scheduleRefresh(false);
+}
+
+async function reload() {
+  try {
+    const { doc } = await post("/reload?wait=1");
+    if (doc.ok) {
+      const changes = doc.changes.map((c) => `${c.path} ${c.change}`).join(", ");
+      message(`reloaded: ${changes || "nothing changed"}`, false);
+    } else {
+      message(`reload refused, the running configuration is kept: ${doc.error}`, true);
+    }
+  } catch (e) {
+    message(`reload: ${e.message}`, true);
+  }
+}
+
+function updateControls() {
+  const has = Boolean(token());
+  $("reload").disabled = !has;
+  $("forget-token").disabled = !has;
+  $("token").placeholder = has ? "token in use (this tab only)" : "paste to enable controls";
+  renderTree();
+}
+
+function init() {
+  $("save-token").addEventListener("click", () => {
+    const value = $("token").value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    $("token").value = "";
+    updateControls();
+  });
+  $("forget-token").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); updateControls(); });
+  $("reload").addEventListener("click", reload);
+  document.querySelector("#tree tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button");
+    if (button) { act(button.dataset.action, button.dataset.path); return; }
+    const row = e.target.closest("tr");
+    if (row) select(row.dataset.path);
+  });
+  setInterval(tick, 1000);  // uptimes and next-restart countdowns tick (in place: rows are not rebuilt)
+  updateControls();
+  refreshStatus().catch((e) => message(String(e), true));
+  refreshHealth().catch(() => {});
+  connectEvents();
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,254 @@
+"""What the admin port streams: recent events, numbered, and each child's recent output, bounded.
+
+- **Events.** Every event of the tree's bus is numbered (``id``) and kept, as a JSON-ready dict, in a ring of
+  ``capacity`` entries. A reader asks for what follows the last id it saw; when the ring no longer holds all of
+  that, it learns how many it missed (a *gap*) and gets the rest.
+- **Output.** Each child has a ring of its last lines — OS processes' stdout and stderr, and in-process workers' own
+  log lines — bounded by lines and by bytes (``log_lines``, ``log_bytes`` in the child's config). It is keyed by the
+  child's path, so it outlives restarts: after a crash the previous run's last lines are still there, each marked
+  with the pid that wrote it.
+- **Waiting.** Readers wait on one broadcast future per journal, never on the writers: recording is a few appends
+  and never awaits, so a stalled reader cannot slow the tree; it falls behind and gets a gap.
+
+Standard library and the core only. Every text is redacted (by the function the daemon passes in) before it is
+kept, so nothing a reader gets can hold a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from .core import Event, EventBus, ExitReason, ProcessOutput, Subscription
+
+DEFAULT_EVENTS = 10_000
+DEFAULT_LOG_LINES = 1_000
+DEFAULT_LOG_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadResult(Event):
+    """A reload was applied (``ok``, with the changes) or refused (the config error); the tree is unchanged then."""
+
+    ok: bool
+    changes: tuple[tuple[str, str], ...] = ()
+    error: str = ""
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    """An event as JSON-ready data: ``type`` and its fields (exit reasons as ``{kind, detail}``)."""
+    out: dict[str, Any] = {"type": type(ev).__name__}
+    for f in fields(ev):
+        out[f.name] = _plain(getattr(ev, f.name))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ExitReason):
+        return {"kind": value.kind, "detail": value.detail}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    seq: int  # per ring, increasing: a follower asks for what comes after the last one it saw
+    at: float
+    stream: str  # "stdout", "stderr", or a log level for an in-process worker's own lines
+    pid: int | None
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "stream": self.stream, "pid": self.pid, "text": self.text}
+
+
+class LogRing:
+    """One child's last lines, bounded by count and by bytes (the oldest go first)."""
+
+    __slots__ = ("_last", "_lines", "_seq", "bytes", "dropped", "max_bytes", "max_lines")
+
+    def __init__(self, max_lines: int = DEFAULT_LOG_LINES, max_bytes: int = DEFAULT_LOG_BYTES) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self._lines: deque[LogLine] = deque()
+        self._seq = itertools.count(1)
+        self._last = 0
+        self.bytes = 0
+        self.dropped = 0  # lines pushed out by the bounds
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def append(self, stream: str, pid: int | None, text: str, at: float | None = None) -> LogLine:
+        self._last = next(self._seq)
+        line = LogLine(self._last, time.time() if at is None else at, stream, pid, text)
+        self._lines.append(line)
+        self.bytes += len(text) + 1
+        self._trim()
+        return line
+
+    def resize(self, max_lines: int, max_bytes: int) -> None:
+        self.max_lines, self.max_bytes = max_lines, max_bytes
+        self._trim()
+
+    def _trim(self) -> None:
+        lines = self._lines
+        while lines and (len(lines) > self.max_lines or self.bytes > self.max_bytes):
+            self.bytes -= len(lines.popleft().text) + 1
+            self.dropped += 1
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest kept line's number (the next line's when none is kept)."""
+        return self._lines[0].seq if self._lines else self.last_seq + 1
+
+    @property
+    def last_seq(self) -> int:
+        """The newest line's number, kept or not (0 before the first)."""
+        return self._lines[-1].seq if self._lines else self._last
+
+    def tail(self, n: int) -> list[LogLine]:
+        if n <= 0:
+            return []
+        lines = self._lines
+        return list(lines)[-n:] if n < len(lines) else list(lines)
+
+    def after(self, seq: int) -> list[LogLine]:
+        """Lines newer than ``seq`` (all of them that are still kept)."""
+        return [line for line in self._lines if line.seq > seq]
+
+
+Limits = Callable[[str], tuple[int, int]]
+
+
+class Journal:
+    """The event ring and the output rings of one daemon (see the module docstring)."""
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_EVENTS,
+        *,
+        redact: Callable[[Any], Any] = lambda v: v,
+        limits: Limits = lambda path: (DEFAULT_LOG_LINES, DEFAULT_LOG_BYTES),
+    ) -> None:
+        self.capacity = capacity
+        self._events: deque[tuple[int, dict[str, Any]]] = deque(maxlen=capacity)
+        self._next_id = 1
+        self._redact = redact
+        self.limits = limits
+        self.rings: dict[str, LogRing] = {}
+        self._changed: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.missed = 0  # events the bus dropped before the journal could number them
+
+    # -- recording (never awaits) ------------------------------------------------------------------------------
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop whose readers are woken (records from other threads are handed over to it)."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def record(self, ev: Event) -> int:
+        """Number ``ev`` and keep it; an OS child's output line also goes into that child's ring."""
+        doc = self._redact(event_dict(ev))
+        eid = self._next_id
+        self._next_id += 1
+        doc["id"] = eid
+        self._events.append((eid, doc))
+        if isinstance(ev, ProcessOutput):
+            self.ring(ev.path).append(ev.stream, ev.pid, doc.get("line", ""), ev.at)
+        self._notify()
+        return eid
+
+    def log_line(self, path: str, level: str, text: str, pid: int | None = None) -> None:
+        """An in-process worker's own log line (already redacted by the logging chain). Any thread."""
+        if threading.get_ident() == self._loop_thread or self._loop is None:
+            self.ring(path).append(level, pid, text)
+            self._notify()
+        else:
+            at = time.time()
+            self._loop.call_soon_threadsafe(self._append_later, path, level, text, pid, at)
+
+    def _append_later(self, path: str, level: str, text: str, pid: int | None, at: float) -> None:
+        self.ring(path).append(level, pid, text, at)
+        self._notify()
+
+    def ring(self, path: str) -> LogRing:
+        ring = self.rings.get(path)
+        if ring is None:
+            ring = self.rings[path] = LogRing(*self.limits(path))
+        return ring
+
+    def resize(self, limits: Limits) -> None:
+        """New bounds (after a reload): every ring takes its child's new limits."""
+        self.limits = limits
+        for path, ring in self.rings.items():
+            ring.resize(*limits(path))
+
+    def _notify(self) -> None:
+        fut = self._changed
+        if fut is not None:
+            self._changed = None
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    @property
+    def last_id(self) -> int:
+        return self._next_id - 1
+
+    def events_after(self, last_id: int, limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """(how many were missed, the events with an id above ``last_id`` that are still kept)."""
+        events = self._events
+        if not events or last_id >= events[-1][0]:
+            return 0, []
+        first = events[0][0]
+        missed = max(0, first - last_id - 1)
+        start = max(0, last_id + 1 - first)
+        out = [doc for _, doc in itertools.islice(events, start, None)]
+        if limit is not None:
+            out = out[:limit]
+        return missed, out
+
+    async def changed(self) -> None:
+        """Wait until something is recorded (an event or a line)."""
+        fut = self._changed
+        if fut is None or fut.done():
+            fut = self._changed = asyncio.get_running_loop().create_future()
+        await fut
+
+    async def pump(self, bus: EventBus, maxlen: int = 100_000) -> None:
+        """Record every event of ``bus`` until cancelled."""
+        self.bind(asyncio.get_running_loop())
+        sub: Subscription = bus.subscribe(maxlen=maxlen)
+        try:
+            async for ev in sub:
+                self.record(ev)
+                self.missed = sub.dropped
+        finally:
+            sub.close()
+
+
+def matches(doc: dict[str, Any], prefixes: Iterable[str]) -> bool:
+    """True when the event's path is one of ``prefixes`` or below one (all events when there are none)."""
+    wanted = list(prefixes)
+    if not wanted:
+        return True
+    path = str(doc.get("path", ""))
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in wanted)
