@@ -231,7 +231,7 @@ class Journal:
         fut = self._changed
         if fut is None or fut.done():
             fut = self._changed = asyncio.get_running_loop().create_future()
-        await fut
+        await asyncio.shield(fut)  # one reader giving up (a timeout) must not cancel the others' wake-up
 
     async def pump(self, bus: EventBus, maxlen: int = 100_000) -> None:
         """Record every event of ``bus`` until cancelled."""
@@ -247,8 +247,8 @@ class Journal:
 
 def matches(doc: dict[str, Any], prefixes: Iterable[str]) -> bool:
     """True when the event's path is one of ``prefixes`` or below one (all events when there are none)."""
-    wanted = list(prefixes)
+    wanted = [p.strip("/") for p in prefixes]
     if not wanted:
         return True
     path = str(doc.get("path", ""))
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in wanted)
+    return any(path == p or path.startswith(p + "/") for p in wanted)

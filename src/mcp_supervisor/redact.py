@@ -75,11 +75,15 @@ class Redactor:
         return text
 
     def redact_value(self, value: Any, keep: frozenset[str] = STRUCTURAL) -> Any:
-        """``value`` with every string inside it redacted, except values under the ``keep`` keys of a dict."""
+        """``value`` with every string inside it redacted, except plain values under the ``keep`` keys of a dict
+        (a container under such a key — an exit ``reason`` with its ``detail`` — is redacted inside)."""
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, dict):
-            return {k: v if k in keep else self.redact_value(v, keep) for k, v in value.items()}
+            return {
+                k: v if k in keep and not isinstance(v, dict | list | tuple) else self.redact_value(v, keep)
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self.redact_value(v, keep) for v in value]
         return value

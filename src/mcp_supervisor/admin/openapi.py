@@ -31,6 +31,7 @@ _AUTH = {
     "401": _err("no Authorization header"),
     "403": _err("wrong token, or mutations disabled (no admin_token_file)"),
 }
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 _PASS_FAIL = {
     "type": "object",
     "required": ["status"],
@@ -153,6 +154,46 @@ OPENAPI: dict[str, Any] = {
             security=[{"bearer": []}],
         )},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI")})},
+        "/events": {"get": _op(
+            "Recent events as JSON lines, or followed live as Server-Sent Events (follow=1 or Accept: "
+            "text/event-stream); Last-Event-ID or last_event_id resumes, a `gap` event says how many were missed",
+            {
+                "200": {"description": "events", "content": {
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": {"type": "string"}}}},
+                "429": _err("too many streams open"),
+                "503": _err("the daemon keeps no journal"),
+            },
+            parameters=[
+                {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "last_event_id", "in": "query", "schema": _COUNT},
+                {"name": "limit", "in": "query", "schema": _COUNT},
+                {"name": "path", "in": "query", "schema": {"type": "string"},
+                 "description": "only events of this child and below (repeatable)"},
+            ],
+        )},
+        "/children/{path}/logs": {"get": _op(
+            "A child's recent output (stdout, stderr, its own log lines): JSON lines, text/plain when asked "
+            "(Accept or format=text), or followed live as Server-Sent Events (follow=1)",
+            {
+                "200": {"description": "lines", "content": {
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": {"type": "string"}}}},
+                "404": _err("no child at that path and no output kept for it"),
+                "429": _err("too many streams open"),
+                "503": _err("the daemon keeps no journal"),
+            },
+            parameters=[
+                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "lines", "in": "query", "schema": _COUNT},
+                {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "last_event_id", "in": "query", "schema": _COUNT},
+                {"name": "format", "in": "query", "schema": {"enum": ["json", "text"]}},
+            ],
+        )},
+        "/ui/": {"get": _op("The web observer (HTML; /ui/app.js and /ui/app.css beside it)", {
+            "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}})},
     },
 }
 # fmt: on

@@ -67,6 +67,8 @@ class Streams:
         self._redact = redact
         self.open = 0
         self.max_streams = MAX_STREAMS
+        self.write_timeout = WRITE_TIMEOUT
+        self.closed_slow = 0  # streams closed because their reader stopped reading
 
     def _get_journal(self) -> Journal:
         journal = self._journal()
@@ -82,8 +84,12 @@ class Streams:
         return resp
 
     async def _send(self, resp: web.StreamResponse, chunk: str) -> None:
-        async with asyncio.timeout(WRITE_TIMEOUT):  # a reader that stopped reading: close its stream
-            await resp.write(chunk.encode())
+        try:
+            async with asyncio.timeout(self.write_timeout):  # a reader that stopped reading: close its stream
+                await resp.write(chunk.encode())
+        except TimeoutError:
+            self.closed_slow += 1
+            raise
 
     def _too_many(self) -> web.Response:
         resp = self._error(429, f"at most {self.max_streams} streams may be open at once; close one and retry")
@@ -115,7 +121,7 @@ class Streams:
                     await self._send(resp, _gap(missed))
                 if not docs:
                     cursor = max(cursor, journal.last_id) if missed else cursor
-                    await self._wait(journal, resp)
+                    await self._wait(journal, resp, request)
                     continue
                 cursor = docs[-1]["id"]
                 out = "".join(_sse(d["id"], d["type"], d) for d in docs if matches(d, prefixes))
@@ -159,7 +165,7 @@ class Streams:
                     await self._send(resp, "".join(_sse(line.seq, "line", line.as_dict()) for line in fresh))
                 else:
                     cursor = max(cursor, ring.last_seq)
-                    await self._wait(journal, resp)
+                    await self._wait(journal, resp, request)
 
         return await self._stream(request, pump)
 
@@ -179,12 +185,23 @@ class Streams:
         assert resp is not None
         return resp
 
-    async def _wait(self, journal: Journal, resp: web.StreamResponse) -> None:
-        try:
-            async with asyncio.timeout(KEEPALIVE):
-                await journal.changed()
-        except TimeoutError:
-            await self._send(resp, ": keepalive\n\n")
+    async def _wait(self, journal: Journal, resp: web.StreamResponse, request: web.Request) -> None:
+        """Until something is recorded; a comment line after KEEPALIVE seconds of silence. A client that went away
+        is noticed within a second (ConnectionResetError ends the stream)."""
+        waited = 0.0
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            try:
+                async with asyncio.timeout(1.0):
+                    await journal.changed()
+                return
+            except TimeoutError:
+                waited += 1.0
+                if waited >= KEEPALIVE:
+                    await self._send(resp, ": keepalive\n\n")
+                    return
 
 
 def _sse(eid: int, event: str, data: dict[str, Any]) -> str:
