@@ -204,14 +204,18 @@ def _short(value: Any) -> str:
 async def events(admin: Admin, args: argparse.Namespace, out: TextIO) -> int:
     colour = colour_on(out)
     query = "".join(f"&path={p.strip('/')}" for p in args.path)
+    status, text = await admin.request("GET", f"/events?limit={max(0, args.lines)}{query}")
+    if status >= 400:
+        raise _Refused(status, text)
+    last = None
+    for raw in text.splitlines():
+        doc = json.loads(raw)
+        last = doc["id"]
+        print(format_event(doc, colour), file=out, flush=True)
     if not args.follow:
-        status, text = await admin.request("GET", f"/events?limit={max(0, args.lines)}{query}")
-        if status >= 400:
-            raise _Refused(status, text)
-        for raw in text.splitlines():
-            print(format_event(json.loads(raw), colour), file=out, flush=True)
         return 0
-    async for name, data in admin.follow(f"/events?follow=1{query}"):
+    since = f"&last_event_id={last}" if last is not None else ""  # then everything after what was printed
+    async for name, data in admin.follow(f"/events?follow=1{query}{since}"):
         if name == "gap":
             print(paint(f"... {data['missed']} event(s) missed", "2", colour), file=out, flush=True)
         else:
