@@ -12,6 +12,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pgrep >/dev/null || need_apt+=(procps)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v erlc >/dev/null || need_apt+=(erlang-base)  # the differential test runs real Erlang/OTP
+[ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)  # the /ui browser tests (driven by Playwright)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need_apt[*]}" >&2

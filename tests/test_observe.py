@@ -18,7 +18,7 @@ from tests.daemon_helpers import Daemon, wait_until
 
 pytestmark = pytest.mark.realtime
 
-TALKER = '''
+TALKER = """
 import asyncio
 from mcp_supervisor.telemetry.logs import get_logger
 
@@ -32,7 +32,7 @@ def factory(config):
             n += 1
             await asyncio.sleep(0.05)
     return run
-'''
+"""
 
 TREE = """
 [tree]
@@ -85,7 +85,7 @@ def test_a_workers_own_log_lines_go_into_its_ring(daemon: Daemon) -> None:
 
 def test_the_ui_is_served_with_a_strict_policy(daemon: Daemon) -> None:
     code, body, headers = daemon.request("GET", "/ui/")
-    assert code == 200 and "<script src=\"app.js\"" in str(body)
+    assert code == 200 and '<script src="app.js"' in str(body)
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     code, body, headers = daemon.request("GET", "/ui/app.js")

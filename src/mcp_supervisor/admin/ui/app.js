@@ -156,7 +156,7 @@ function describe(ev) {
     case "IntensityExceeded": return `${time} ${who} gave up: intensity ${ev.intensity} in ${ev.period}s exceeded`;
     case "ReloadResult": return `${time} reload ${ev.ok ? "applied: " + ev.changes.length + " change(s)" : "failed: " + ev.error}`;
     case "HealthTransition": return `${time} health ${ev.check || "overall"}: ${ev.previous} → ${ev.current}`;
-    case "ProcessOutput": return null;
+    case "ProcessOutput": case "HealthRound": case "ServiceOperation": return null;
     default: return `${time} ${who} ${ev.type}`;
   }
 }

@@ -1,0 +1,209 @@
+"""The /ui observer in a real browser: Debian's chromium, headless, driven by Playwright (never its own browser
+download), against a real daemon. A screenshot of the page is saved to ``artifacts/ui-observer.png``."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_helpers import TOKEN, Daemon, free_port, wait_until
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+CHROMIUM = next(
+    (p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "") if p and os.path.exists(p)), None
+)
+pytestmark = [
+    pytest.mark.realtime,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (scripts/bootstrap.sh installs it)"
+    ),
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]  # fmt: skip
+
+TREE = """
+[tree]
+intensity = 1000
+[[tree.children]]
+id = "web"
+command = ["sleep", "100000"]
+[[tree.children]]
+id = "crasher"
+command = ["sh", "-c", "echo run $$$$; echo oops from $$$$ >&2; sleep 1; exit 3"]
+[[tree.children]]
+id = "health"
+worker = "health"
+config = { interval = 60 }
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("ui"), TREE)
+    d.wait_ready()
+    yield d
+    assert d.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A fresh browser context (its own sessionStorage), the page, and everything it reported."""
+
+    def __init__(self, browser: Any, daemon: Daemon) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.goto(f"http://{daemon.admin}/ui/")
+        self.page.wait_for_selector("#tree tbody tr[data-path='web']")
+        self.wait("document.getElementById('conn').textContent === 'live'")
+
+    def _console(self, msg: Any) -> None:
+        if msg.type in ("error", "warning"):  # CSP violations are reported here as errors
+            self.problems.append(f"console {msg.type}: {msg.text}")
+
+    def wait(self, expression: str, timeout: float = 30.0) -> None:
+        """Until ``expression`` is true in the page (polled with evaluate: the page's CSP forbids eval, which
+        Playwright's own wait_for_function would need)."""
+        wait_until(lambda: self.page.evaluate(expression), timeout, expression)
+
+    def cell(self, path: str, index: int) -> str:
+        return str(self.page.inner_text(f"#tree tbody tr[data-path='{path}'] td:nth-child({index})")).strip()
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser: Any, daemon: Daemon) -> Iterator[Page]:
+    p = Page(browser, daemon)
+    yield p
+    p.close()
+
+
+PID, RESTARTS = 4, 6
+
+
+def test_the_page_shows_the_live_tree_and_follows_a_kill_9_without_reloading(page: Page, daemon: Daemon) -> None:
+    assert page.cell("web", 3).endswith("running") and page.cell("web", 2) == "process"
+    old_pid, old_restarts = int(page.cell("web", PID)), int(page.cell("web", RESTARTS))
+    assert old_pid == daemon.node("web")["pid"]
+    page.page.evaluate("window.__sameDocument = true")  # gone if the page reloaded
+    t0 = time.monotonic()
+    os.kill(old_pid, 9)
+    page.wait(
+        f"(() => {{ const r = document.querySelector(\"#tree tr[data-path='web']\"); return !!r &&"
+        f" r.children[{PID - 1}].textContent !== '{old_pid}' && r.children[{PID - 1}].textContent !== '' &&"
+        f" Number(r.children[{RESTARTS - 1}].textContent) === {old_restarts + 1}; }})()",
+        10,  # measured well under a second; generous for a loaded machine
+    )
+    took = time.monotonic() - t0
+    assert page.page.evaluate("window.__sameDocument") is True
+    assert int(page.cell("web", PID)) == daemon.node("web")["pid"] != old_pid
+    print(f"\nthe page showed the restart {took * 1000:.0f} ms after kill -9")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.page.click("#tree tbody tr[data-path='crasher'] td:first-child")
+    page.wait("document.getElementById('logs').textContent.includes('oops from')")
+    page.page.screenshot(path=str(ARTIFACTS / "ui-observer.png"), full_page=True)
+    assert page.problems == []
+
+
+def test_the_page_fits_a_phone(browser: Any, daemon: Daemon) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto(f"http://{daemon.admin}/ui/")
+        page.wait_for_selector("#tree tbody tr[data-path='web']")
+        # nothing wider than the screen but the tree's own scroll box
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui-observer-phone.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_a_childs_crash_output_is_readable_after_it_restarted(page: Page, daemon: Daemon) -> None:
+    wait_until(lambda: daemon.node("crasher")["restarts"] >= 2, 30, "two restarts of crasher")
+    current = daemon.node("crasher")["pid"]
+    page.page.click("#tree tbody tr[data-path='crasher'] td:first-child")
+    page.wait(
+        f"[...document.querySelectorAll('#logs span.stderr')].some(s => s.textContent.includes('oops from') &&"
+        f" !s.textContent.includes('{current}'))"
+    )  # the previous run's stderr, marked with its own pid
+    assert page.problems == []
+
+
+def test_controls_need_the_token_and_then_restart_a_child(page: Page, daemon: Daemon) -> None:
+    button = "#tree tbody tr[data-path='web'] button[data-action='restart']"
+    assert page.page.is_disabled(button) and page.page.is_disabled("#reload")
+    page.page.fill("#token", TOKEN)
+    page.page.click("#save-token")
+    assert page.page.evaluate("sessionStorage.getItem('mcp-supervisor-token')") == TOKEN
+    assert page.page.evaluate("document.cookie") == ""  # never a cookie
+    before = daemon.node("web")["pid"]
+    page.page.wait_for_selector(f"{button}:not([disabled])")
+    page.page.click(button)
+    page.wait("document.getElementById('message').textContent.includes('restart web: done')")
+    wait_until(lambda: daemon.node("web")["pid"] not in (None, before), 30, "a new pid")
+    page.page.click("#reload")
+    page.wait("document.getElementById('message').textContent.startsWith('reloaded')")
+    assert page.problems == []
+
+
+def test_a_forged_cross_origin_post_is_refused(browser: Any, daemon: Daemon) -> None:
+    """A page on another origin posts a form to the admin port, and tries fetch(): neither can act (no token)."""
+    attack = f"""<!doctype html><html><body>
+<form id="f" method="POST" action="http://{daemon.admin}/children/web/restart"><input name="x" value="1"></form>
+<script>fetch("http://{daemon.admin}/children/web/stop", {{method: "POST", mode: "no-cors"}}).finally(() =>
+  document.getElementById("f").submit());</script></body></html>"""
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = attack.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Evil)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = daemon.node("web")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_url(f"http://{daemon.admin}/children/web/restart")  # the form was submitted...
+        assert "missing Authorization" in page.content()  # ...and refused with 401
+        wait_until(
+            lambda: sum(1 for e in daemon.log_events() if e.get("event") == "admin mutation"
+                        and str(e.get("outcome", "")).startswith("denied 401")) >= 2, 30, "both attempts denied",
+        )  # fmt: skip
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()
+    after = daemon.node("web")
+    assert (after["pid"], after["restarts"], after["state"]) == (before["pid"], before["restarts"], "running")
