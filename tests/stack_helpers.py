@@ -72,6 +72,7 @@ class Stack(Daemon):
 
     def write(self, tree_toml: str) -> None:
         text = getattr(self, "local", "")
+        text = re.sub(r"^admin_token_file = .*\n", "", text, count=1, flags=re.M)  # the test's own token instead
         text = re.sub(r"^admin = .*$", f'admin = "{self.admin}"\n{self.token_line}', text, count=1, flags=re.M)
         text = text.replace('log_format = "${MCP_LOG_FORMAT:-auto}"', 'log_format = "json"')
         self.config.write_text(text + tree_toml)

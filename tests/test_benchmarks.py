@@ -27,3 +27,21 @@ def test_every_benchmark_script_at_least_imports_and_shows_its_help(script: str)
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "usage" in done.stdout
+
+
+def test_the_streams_benchmark_runs() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/streams.py"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "restart_latency_median_32_streams" in done.stdout
+
+
+def test_the_otp_benchmark_runs_when_erlang_is_installed() -> None:
+    import shutil
+
+    if shutil.which("erlc") is None:
+        pytest.skip("Erlang/OTP is not installed")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/vs_otp.py"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"name": "restart_rare_median"' in done.stdout

@@ -107,8 +107,17 @@ def test_the_readme_run_command_as_written(stack_env: dict[str, str]) -> None:
             if '"round trip ok"' in line:
                 break
         assert any("round trip ok" in line for line in lines), "".join(lines[-30:])
-        assert any(f"http://{admin}/status" in line for line in lines)
+        assert any(f"http://{admin}/ui/" in line for line in lines)  # the web observer's address
         with urllib.request.urlopen(f"http://{admin}/readyz", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://{admin}/ui/", timeout=10) as r:
+            assert r.status == 200 and b"app.js" in r.read()
+        # run.sh made an admin token (mode 0600) that the UI's buttons and ctl use
+        token_file = Path(stack_env["MCP_VAR_DIR"]) / "admin-token"
+        assert token_file.stat().st_mode & 0o077 == 0
+        req = urllib.request.Request(f"http://{admin}/children/app/restart", method="POST",
+                                     headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=60) as r:
             assert r.status == 200
         pids = [int(p) for p in re.findall(r'"pid": (\d+)', "".join(lines))]
     finally:

@@ -116,15 +116,15 @@ class Streams:
         async def pump(resp: web.StreamResponse) -> None:
             nonlocal cursor
             while True:
-                missed, docs = journal.events_after(cursor, limit=1000)
+                missed, entries = journal.entries_after(cursor, limit=1000)
                 if missed:
                     await self._send(resp, _gap(missed))
-                if not docs:
+                if not entries:
                     cursor = max(cursor, journal.last_id) if missed else cursor
                     await self._wait(journal, resp, request)
                     continue
-                cursor = docs[-1]["id"]
-                out = "".join(_sse(d["id"], d["type"], d) for d in docs if matches(d, prefixes))
+                cursor = entries[-1].id
+                out = "".join(e.sse for e in entries if not prefixes or matches(e.doc, prefixes))
                 if out:
                     await self._send(resp, out)
 
