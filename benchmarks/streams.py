@@ -81,7 +81,7 @@ async def main_async(quick: bool) -> list[dict[str, Any]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     n = 1000 if quick else 5000
     await crash_cycles(tree, crashy, "w", 200)  # warm up
     alone = await crash_cycles(tree, crashy, "w", n)
@@ -119,8 +119,9 @@ async def main_async(quick: bool) -> list[dict[str, Any]]:
         {"name": "restart_latency_median_no_streams", "value": round(a, 2), "unit": "us"},
         {"name": f"restart_latency_median_{STREAM_COUNT}_streams", "value": round(w, 2), "unit": "us",
          "baseline_value": round(a, 2), "ratio": round(w / a, 3)},
-        {"name": f"events_delivered_per_s_{STREAM_COUNT}_streams", "value": round(delivered / elapsed), "unit": "events/s",
-         "note": f"{emitted} events x {STREAM_COUNT} streams = {emitted * STREAM_COUNT} to deliver; {delivered} delivered"},
+        {"name": f"events_delivered_per_s_{STREAM_COUNT}_streams", "value": round(delivered / elapsed),
+         "unit": "events/s", "note": f"{emitted} events x {STREAM_COUNT} streams = {emitted * STREAM_COUNT} to "
+                                     f"deliver; {delivered} delivered"},
     ]  # fmt: skip
 
 
