@@ -246,6 +246,9 @@ class Daemon:
             old = self.config
             if new.daemon.admin != old.daemon.admin:
                 self.log.warning("daemon.admin changed: it takes effect at the next start", admin=new.daemon.admin)
+            current = new.secrets | ({token} if token else frozenset())
+            # the new children may speak as soon as they start: their secrets are masked before any starts
+            REDACTOR.update(self._secrets | current)
             try:
                 changes = await apply_difference(self.tree, old, new)
             except Exception as e:  # noqa: BLE001 - report, keep running
@@ -256,9 +259,7 @@ class Daemon:
                 return {"ok": False, "error": describe(e), "changes": []}
             self.config = new
             self.state.token = token
-            # old children may still speak while they stop: keep the previous secrets until the next reload
-            current = new.secrets | ({token} if token else frozenset())
-            REDACTOR.update(self._secrets | current)
+            # old children may still speak while they stop: the previous secrets stay masked until the next reload
             self._secrets = current
             self.metrics.reload_result(True)
             self.journal.resize(log_limits(new))
