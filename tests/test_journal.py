@@ -74,7 +74,6 @@ async def test_readers_are_woken_and_lines_from_other_threads_arrive_on_the_loop
     journal = Journal()
     bus = EventBus()
     pump = asyncio.ensure_future(journal.pump(bus))
-    await asyncio.sleep(0)  # let the pump subscribe
     waiter = asyncio.ensure_future(journal.changed())
     bus.emit(ChildStarted(path="a", kind="worker"))
     await asyncio.wait_for(waiter, 10)  # a hang guard: it is woken by the record
@@ -95,3 +94,13 @@ async def test_one_reader_giving_up_does_not_cancel_the_others() -> None:
     assert not patient.done()  # still waiting, not cancelled with the other
     journal.record(ChildStarted(path="a", kind="worker"))
     await asyncio.wait_for(patient, 10)
+
+
+async def test_the_pump_subscribes_before_its_task_first_runs() -> None:
+    journal, bus = Journal(), EventBus()
+    drain = journal.pump(bus)  # subscribed here...
+    bus.emit(ChildStarted(path="early", kind="worker"))  # ...so an event emitted before the task runs is kept
+    task = asyncio.ensure_future(drain)
+    await until(lambda: journal.last_id == 1)
+    assert journal.events_after(0)[1][0]["path"] == "early"
+    task.cancel()

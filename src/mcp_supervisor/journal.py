@@ -25,7 +25,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
@@ -289,10 +289,14 @@ class Journal:
             fut = self._changed = asyncio.get_running_loop().create_future()
         await asyncio.shield(fut)  # one reader giving up (a timeout) must not cancel the others' wake-up
 
-    async def pump(self, bus: EventBus, maxlen: int = 100_000) -> None:
-        """Record every event of ``bus`` until cancelled."""
+    def pump(self, bus: EventBus, maxlen: int = 100_000) -> Coroutine[Any, Any, None]:
+        """Subscribe to ``bus`` now (so nothing emitted from here on is missed) and return the coroutine that
+        records its events until cancelled. Call it from the loop the readers run on."""
         self.bind(asyncio.get_running_loop())
         sub: Subscription = bus.subscribe(maxlen=maxlen)
+        return self._drain(sub)
+
+    async def _drain(self, sub: Subscription) -> None:
         try:
             async for ev in sub:
                 self.record(ev)

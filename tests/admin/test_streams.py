@@ -69,9 +69,9 @@ async def port() -> AsyncIterator[Port]:
         ProcessSpec(id="talker", command=["sh", "-c", 'i=0; while [ $i -lt 5 ]; do echo "line $i"; i=$((i+1)); done; exec sleep 1000']),
     ])  # fmt: skip
     journal = Journal(capacity=50)
-    async with Tree(spec) as tree:
-        pump = asyncio.ensure_future(journal.pump(tree.bus))
-        await asyncio.sleep(0)
+    tree = Tree(spec)
+    pump = asyncio.ensure_future(journal.pump(tree.bus))  # subscribed before anything starts
+    async with tree:
         state = AdminState(tree=tree, log=Audit(), metrics=lambda: (b"", "text/plain"), reload=_no_reload,
                            token="a-token-of-sixteen+", journal=journal)  # fmt: skip
         p = unused_port()
