@@ -75,6 +75,7 @@ async def test_readers_are_woken_and_lines_from_other_threads_arrive_on_the_loop
     bus = EventBus()
     pump = asyncio.ensure_future(journal.pump(bus))
     waiter = asyncio.ensure_future(journal.changed())
+    await asyncio.sleep(0)  # a yield, not a wait: the waiter starts waiting before anything is recorded
     bus.emit(ChildStarted(path="a", kind="worker"))
     await asyncio.wait_for(waiter, 10)  # a hang guard: it is woken by the record
     thread = threading.Thread(target=journal.log_line, args=("a", "info", "from a thread"))
