@@ -299,13 +299,16 @@ class Cache(Handle):
             if not isinstance(e, Exception):
                 raise
             return
-        flight.set_result(value)
         try:
             seconds = ttl(value) if callable(ttl) else ttl
             await self.set(key, value, _jitter(_ttl(seconds)))
         except (ServiceUnavailable, CacheError):
             pass  # the value is served; the error event says the cache is degraded
         finally:
+            # Waiters are answered once the value is stored (or storing failed): a caller that got the value
+            # and reads the key next finds it, instead of a miss racing the SET.
+            if not flight.done():
+                flight.set_result(value)
             # A GET issued before the value was stored may still answer "miss"; for as long as such a GET can
             # take (the socket timeout), it finds this finished flight instead of computing again.
             asyncio.get_running_loop().call_later(self.settings.socket_timeout, self._land, key, flight)
