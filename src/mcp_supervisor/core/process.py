@@ -14,19 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import grp
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from .clock import wait_done
 from .context import ChildContext
 from .escapes import Escapes
 from .events import NORMAL, EventBus, ExitReason, ProcessOutput
-from .specs import ProcessSpec, ReadyCommand, ReadyTCP
+from .specs import RLIMITS, Liveness, ProcessSpec, ReadyCommand, ReadyTCP
 
 _PR_SET_PDEATHSIG = 1
 _MAX_LINE = 64 * 1024
@@ -39,6 +42,9 @@ except (OSError, AttributeError):  # not Linux: no parent-death signal, the guar
 
 
 _SETPRIV = shutil.which("setpriv")
+_PRLIMIT = shutil.which("prlimit")
+_BASH = shutil.which("bash")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def resolve_program(spec: ProcessSpec, env: dict[str, str]) -> str:
@@ -55,16 +61,25 @@ def resolve_program(spec: ProcessSpec, env: dict[str, str]) -> str:
     return found
 
 
-def _with_pdeathsig(argv: Sequence[str]) -> tuple[list[str], Any]:
-    """The command line and preexec function that give a child SIGKILL when we die (PR_SET_PDEATHSIG).
-
-    util-linux ``setpriv --pdeathsig`` sets it and execs the command, so we keep vfork/posix_spawn; a
-    ``preexec_fn`` would force a full fork of the daemon, about 1.3 ms more per spawn. Without setpriv we fall
-    back to prctl in ``preexec_fn``.
-    """
-    if _SETPRIV is not None:
-        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
-    return list(argv), _preexec(os.getpid())
+def _ids(spec: ProcessSpec) -> tuple[int, int] | None:
+    """The uid and gid to run as (``user``, ``group``), or None to stay who we are; OSError names what is wrong."""
+    if spec.user is None and spec.group is None:
+        return None
+    uid, gid = os.geteuid(), os.getegid()
+    if spec.user is not None:
+        try:
+            entry = pwd.getpwuid(int(spec.user)) if spec.user.isdigit() else pwd.getpwnam(spec.user)
+        except (KeyError, ValueError):
+            raise LookupError(f"user {spec.user!r} does not exist on this host") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if spec.group is not None:
+        try:
+            gid = (grp.getgrgid(int(spec.group)) if spec.group.isdigit() else grp.getgrnam(spec.group)).gr_gid
+        except (KeyError, ValueError):
+            raise LookupError(f"group {spec.group!r} does not exist on this host") from None
+    if os.geteuid() != 0 and (uid, gid) != (os.geteuid(), os.getegid()):
+        raise PermissionError("running a child as another user or group needs the daemon to run as root")
+    return uid, gid
 
 
 def _preexec(parent_pid: int) -> Any:
@@ -75,6 +90,59 @@ def _preexec(parent_pid: int) -> Any:
             os._exit(127)
 
     return set_pdeathsig
+
+
+def _move_fds(fds: Sequence[int]) -> str:
+    """Shell redirections that put ``fds`` at 3, 4, ... (by way of free numbers above all of them) and close the
+    rest: the socket-activation layout, whatever numbers the sockets have in the daemon."""
+    base = max(*fds, 2 + len(fds)) + 1
+    temps = [base + i for i in range(len(fds))]
+    first = " ".join(f"{t}<&{f}" for t, f in zip(temps, fds, strict=True))
+    close_src = " ".join(f"{f}<&-" for f in fds if f not in temps)
+    final = " ".join(f"{3 + i}<&{t}" for i, t in enumerate(temps))
+    close_tmp = " ".join(f"{t}<&-" for t in temps)
+    return f"exec {first}; exec {close_src}; exec {final} {close_tmp}"
+
+
+def launch(spec: ProcessSpec, sockets: Mapping[str, Any]) -> tuple[list[str], tuple[int, ...], Any]:
+    """The command line, the descriptors to pass and the preexec function that start ``spec.command`` with its
+    limits, user, parent-death signal and held sockets — each step an ``exec`` of the next, so that the program
+    keeps the pid the first one had (LISTEN_PID must be the program's own pid).
+
+    ``bash`` moves held sockets to fds 3.. and sets LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID; util-linux ``prlimit``
+    sets the rlimits; ``setpriv`` changes user and group, then sets the parent-death signal (a change of
+    credentials would clear it) and execs the program. Without setpriv we fall back to prctl in ``preexec_fn``
+    (a full fork of the daemon, about 1.3 ms more per spawn).
+    """
+    argv = list(spec.command)
+    preexec = None
+    ids = _ids(spec)
+    if _SETPRIV is not None:
+        creds: list[str] = []
+        if ids is not None:
+            creds = ["--reuid", str(ids[0]), "--regid", str(ids[1])]
+            creds += ["--init-groups"] if spec.user is not None else ["--clear-groups"]
+        argv = [_SETPRIV, *creds, "--pdeathsig", "KILL", "--", *argv]
+    elif ids is not None:
+        raise FileNotFoundError("running a child as another user needs util-linux's setpriv, which is not installed")
+    else:
+        preexec = _preexec(os.getpid())
+    if spec.limits:
+        if _PRLIMIT is None:
+            raise FileNotFoundError("limits need util-linux's prlimit, which is not installed")
+        argv = [_PRLIMIT, *(f"--{RLIMITS[k]}={v}:{v}" for k, v in sorted(spec.limits.items())), "--", *argv]
+    fds: tuple[int, ...] = ()
+    if spec.sockets:
+        missing = [n for n in spec.sockets if n not in sockets]
+        if missing:
+            raise LookupError(f"socket {missing[0]!r} is not held by the daemon (see [[daemon.sockets]])")
+        if _BASH is None:
+            raise FileNotFoundError("held sockets need bash to place them at fd 3.., and bash is not installed")
+        fds = tuple(sockets[n].fileno() for n in spec.sockets)
+        names = ":".join(spec.sockets)
+        script = f'{_move_fds(fds)}; export LISTEN_FDS={len(fds)} LISTEN_FDNAMES="{names}" LISTEN_PID=$$; exec "$@"'
+        argv = [_BASH, "-c", script, "mcp-supervisor-exec", *argv]
+    return argv, fds, preexec
 
 
 def child_env(spec: ProcessSpec) -> dict[str, str]:
@@ -223,15 +291,18 @@ def _signal_name(sig: int) -> str:
 class OsProcess:
     """One running OS process (the leader of its own process group and session)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917
         self,
         popen: subprocess.Popen[bytes],
         path: str,
         bus: EventBus,
         guardian: Guardian | None,
         escapes: Escapes | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self.stop_signal = stop_signal
+        self.cause: str | None = None  # why we ended it ourselves (max_memory, liveness): an abnormal exit
         self._escapes = escapes
         self._loop = loop
         self._popen = popen
@@ -257,12 +328,18 @@ class OsProcess:
             escapes.spawned(self.pid, path)
 
     @classmethod
-    def spawn(
-        cls, spec: ProcessSpec, path: str, bus: EventBus, guardian: Guardian | None, escapes: Escapes | None = None
+    def spawn(  # noqa: PLR0917
+        cls,
+        spec: ProcessSpec,
+        path: str,
+        bus: EventBus,
+        guardian: Guardian | None,
+        escapes: Escapes | None = None,
+        sockets: Mapping[str, Any] | None = None,
     ) -> OsProcess:
         env = child_env(spec)
         resolve_program(spec, env)  # a clear start failure now, not an exit code from the exec later
-        argv, preexec = _with_pdeathsig(spec.command)
+        argv, fds, preexec = launch(spec, sockets or {})
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -272,9 +349,11 @@ class OsProcess:
             cwd=spec.cwd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=fds,
+            umask=-1 if spec.umask is None else spec.umask,
             preexec_fn=preexec,  # noqa: PLW1509 - prctl only, no locks taken; None when setpriv does it
         )
-        return cls(popen, path, bus, guardian, escapes)
+        return cls(popen, path, bus, guardian, escapes, spec.stop_signal)
 
     # -- output --------------------------------------------------------------------------------------------
     def _on_output(self, fd: int) -> None:
@@ -370,7 +449,18 @@ class OsProcess:
             os.killpg(self.pgid, sig)
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        """The child's stop signal (``stop_signal``, SIGTERM unless it says otherwise) to its whole group."""
+        self._signal(self.stop_signal)
+
+    def end_for(self, cause: str, grace: float | None) -> None:
+        """End it ourselves (a failed liveness check, too much memory): stop signal, SIGKILL after ``grace``; its
+        exit is abnormal with ``cause`` as the reason, however it dies."""
+        if self.exited.done() or self.cause is not None:
+            return
+        self.cause = cause
+        self.terminate()
+        if grace is not None:
+            self._loop.call_later(grace, self.kill)
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -385,7 +475,9 @@ class OsProcess:
         self._reap(block=True)
 
     def reason(self, code: int) -> ExitReason:
-        """0 → normal; death by a signal we sent → shutdown; anything else → abnormal."""
+        """Ended by us for a cause → abnormal; 0 → normal; death by a signal we sent → shutdown; else abnormal."""
+        if self.cause is not None:
+            return ExitReason("abnormal", self.cause)
         if code == 0:
             return NORMAL
         if code < 0:
@@ -439,6 +531,109 @@ async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec
     return False
 
 
+def resident_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and every descendant still in its process group (``/proc``'s children lists)."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) != pid:  # left the group (setsid): not ours to count
+                continue
+            total += int(fields[21]) * _PAGE
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", "rb") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+async def _watch_memory(spec: ProcessSpec, proc: OsProcess) -> None:
+    """Two looks in a row above ``max_memory`` end the child (a single spike is forgiven)."""
+    assert spec.max_memory is not None
+    above = 0
+    while not await wait_done(None, proc.exited, spec.memory_check):
+        rss = resident_bytes(proc.pid)
+        above = above + 1 if rss > spec.max_memory else 0
+        if above >= 2:
+            proc.end_for(f"max_memory: resident {_mib(rss)} above {_mib(spec.max_memory)}", spec.shutdown_timeout)
+            return
+
+
+async def _check_http(url: str) -> str | None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {target} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        line = await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    fields = line.split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return "not an HTTP answer"
+    status = int(fields[1])
+    return None if 200 <= status < 400 else f"HTTP {status}"
+
+
+async def _check(live: Liveness, proc: OsProcess, spec: ProcessSpec, bus: EventBus) -> str | None:
+    """None when the check passed, else what failed."""
+    try:
+        async with asyncio.timeout(live.timeout):
+            if live.http is not None:
+                return await _check_http(live.http)
+            if live.tcp is not None:
+                _, writer = await asyncio.open_connection(*live.tcp)
+                writer.close()
+                return None
+            assert live.command is not None
+            check = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once; exit is awaited via pidfd
+                live.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=child_env(spec),
+                cwd=spec.cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+            checker = OsProcess(check, proc.path + "#live", bus, None)
+            try:
+                code = await checker.exited
+            finally:
+                checker.kill_now()
+            return None if code == 0 else f"command exited with {code}"
+    except TimeoutError:
+        return f"no answer within {live.timeout:g}s"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+async def _watch_liveness(spec: ProcessSpec, proc: OsProcess, bus: EventBus) -> None:
+    """``failures`` failed checks in a row end the child as an abnormal exit with reason ``liveness``."""
+    live = spec.live
+    assert live is not None
+    failed = 0
+    while not await wait_done(None, proc.exited, live.every):
+        problem = await _check(live, proc, spec, bus)
+        failed = failed + 1 if problem is not None else 0
+        if problem is not None and failed >= live.failures:
+            proc.end_for(f"liveness: {failed} checks failed in a row (last: {problem})", spec.shutdown_timeout)
+            return
+
+
 async def run_process(  # noqa: PLR0917
     spec: ProcessSpec,
     path: str,
@@ -447,11 +642,13 @@ async def run_process(  # noqa: PLR0917
     guardian: Guardian | None,
     escapes: Escapes | None,
     on_spawn: Callable[[OsProcess], None],
+    sockets: Mapping[str, Any] | None = None,
 ) -> ExitReason:
     """The body of a process child's task: spawn (``on_spawn`` learns the process), wait for readiness, report
-    ready, wait for the exit; its reason by the rules of :meth:`OsProcess.reason`."""
-    proc = OsProcess.spawn(spec, path, bus, guardian, escapes)
+    ready, watch its memory and liveness, wait for the exit; its reason by the rules of :meth:`OsProcess.reason`."""
+    proc = OsProcess.spawn(spec, path, bus, guardian, escapes, sockets)
     on_spawn(proc)
+    watchers: list[asyncio.Task[None]] = []
     try:
         if isinstance(spec.ready, ReadyTCP):
             ok = await _tcp_ready(spec.ready, proc)
@@ -461,8 +658,15 @@ async def run_process(  # noqa: PLR0917
             ok = True
         if ok:
             ctx.started(proc.pid)
+            if spec.max_memory is not None:
+                watchers.append(asyncio.ensure_future(_watch_memory(spec, proc)))
+            if spec.live is not None:
+                watchers.append(asyncio.ensure_future(_watch_liveness(spec, proc, bus)))
         code = await proc.exited
     except BaseException:
         proc.kill_now()
         raise
+    finally:
+        for w in watchers:
+            w.cancel()
     return proc.reason(code)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
@@ -38,6 +39,7 @@ class Runtime:
         self.unstopped: list[str] = []
         self.guardian: Guardian | None = None
         self.escapes: Escapes | None = None  # set when the tree runs as a child subreaper
+        self.sockets: dict[str, socket.socket] = {}  # listening sockets the tree holds for its OS children, by name
         self.extensions: dict[Key[Any], Any] = {}  # what the composition root shares with workers
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # path -> callers of handle() waiting for it
 

@@ -180,6 +180,48 @@ Readiness: TypeAlias = ReadyTCP | ReadyCommand | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Liveness:
+    """A check run every ``every`` seconds once the child is ready; after ``failures`` failures in a row the child
+    is restarted as an abnormal exit with reason ``liveness``. Exactly one of ``http`` (a URL answering 2xx/3xx),
+    ``tcp`` (``(host, port)`` accepting a connection) or ``command`` (exiting 0), each within ``timeout``."""
+
+    http: str | None = None
+    tcp: tuple[str, int] | None = None
+    command: Sequence[str] | None = None
+    every: float = 5.0
+    timeout: float = 2.0
+    failures: int = 3
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("http", "tcp", "command") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise SpecError("live", 'needs exactly one of "http", "tcp" or "command"', given)
+        if self.http is not None and (not isinstance(self.http, str) or not self.http.startswith("http://")):
+            raise SpecError("live.http", "must be an http:// URL", self.http)
+        if self.tcp is not None:
+            host, port = self.tcp
+            if (
+                not isinstance(host, str)
+                or not host
+                or isinstance(port, bool)
+                or not isinstance(port, int)
+                or not (0 < port < 65536)
+            ):
+                raise SpecError("live.tcp", "must be a host and a port in 1..65535", self.tcp)
+        if self.command is not None:
+            object.__setattr__(self, "command", _check_argv(self.command, "live.command", "program, then arguments"))
+        _number(self.every, "live.every", strict=True)
+        _number(self.timeout, "live.timeout", strict=True)
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 1:
+            raise SpecError("live.failures", "must be an integer >= 1", self.failures)
+
+
+RLIMITS = {"nofile": "nofile", "nproc": "nproc", "core": "core", "memory": "as", "cpu_seconds": "cpu",
+           "stack": "stack", "fsize": "fsize", "memlock": "memlock"}  # fmt: skip
+"""``limits`` keys and the resource each sets (``memory`` is the address space, RLIMIT_AS), applied before exec."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Common:
     id: str
     restart: Restart | str = Restart.PERMANENT
@@ -233,6 +275,15 @@ class ProcessSpec(_Common):
     cwd: str | None = None
     inherit_env: bool = True
     ready: Readiness = None
+    stop_signal: int = 15  # SIGTERM
+    limits: Mapping[str, int] = field(default_factory=dict)  # RLIMITS key -> value (both soft and hard)
+    user: str | None = None  # run as (needs the daemon to run as root)
+    group: str | None = None
+    umask: int | None = None
+    sockets: Sequence[str] = ()  # names of sockets the tree holds, passed by systemd's LISTEN_FDS protocol
+    max_memory: int | None = None  # bytes of resident memory of the whole process group
+    memory_check: float = 1.0  # seconds between two looks at max_memory (two in a row above it: restart)
+    live: Liveness | None = None
     kind: Literal["process"] = field(default="process", init=False)
 
     def __post_init__(self) -> None:
@@ -252,6 +303,36 @@ class ProcessSpec(_Common):
             raise SpecError("cwd", "must be a non-empty path", self.cwd)
         if self.ready is not None and not isinstance(self.ready, ReadyTCP | ReadyCommand):
             raise SpecError("ready", "must be ReadyTCP, ReadyCommand or None", self.ready)
+        self._check_os_options()
+
+    def _check_os_options(self) -> None:
+        if isinstance(self.stop_signal, bool) or not isinstance(self.stop_signal, int) or not 0 < self.stop_signal < 65:
+            raise SpecError("stop_signal", "must be a signal number 1..64", self.stop_signal)
+        for k, v in dict(self.limits).items():
+            if k not in RLIMITS:
+                raise SpecError(f"limits.{k}", f"unknown limit (known: {', '.join(sorted(RLIMITS))})", k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SpecError(f"limits.{k}", "must be an integer >= 0", v)
+        object.__setattr__(self, "limits", dict(self.limits))
+        for fld in ("user", "group"):
+            v = getattr(self, fld)
+            if v is not None and (not isinstance(v, str) or not v or not v.replace("-", "").replace("_", "").isalnum()):
+                raise SpecError(fld, "must be a user or group name (or number)", v)
+        if self.umask is not None and (isinstance(self.umask, bool) or not isinstance(self.umask, int)
+                                       or not 0 <= self.umask <= 0o777):  # fmt: skip
+            raise SpecError("umask", "must be an integer 0..0o777", self.umask)
+        names = tuple(self.sockets)
+        if not all(isinstance(n, str) and n.replace("-", "").replace("_", "").isalnum() for n in names):
+            raise SpecError("sockets", "must be socket names (letters, digits, '-', '_')", names)
+        if len(set(names)) != len(names):
+            raise SpecError("sockets", "names a socket twice", names)
+        object.__setattr__(self, "sockets", names)
+        if self.max_memory is not None and (isinstance(self.max_memory, bool) or not isinstance(self.max_memory, int)
+                                            or self.max_memory < 1):  # fmt: skip
+            raise SpecError("max_memory", "must be a number of bytes >= 1", self.max_memory)
+        _number(self.memory_check, "memory_check", strict=True)
+        if self.live is not None and not isinstance(self.live, Liveness):
+            raise SpecError("live", "must be a Liveness", self.live)
 
     @property
     def start_timeout(self) -> float | None:

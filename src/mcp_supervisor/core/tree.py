@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import socket
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -220,6 +221,11 @@ class Tree:
 
     async def handle(self, path: str, wait: float = 0.0) -> Any:
         return await self.rt.handle(path, wait)
+
+    def hold_socket(self, name: str, sock: socket.socket) -> None:
+        """Hold a listening socket for OS children that list ``name`` in ``sockets`` (passed by systemd's
+        socket-activation protocol). The caller keeps owning it: it stays open across the children's restarts."""
+        self.rt.sockets[name] = sock
 
     def provide(self, key: Key[T], value: T) -> None:
         """Share ``value`` with every worker under ``key`` (``ctx.extension(key)``); before start, typically."""

@@ -1,0 +1,207 @@
+"""OS-process options against real processes: rlimits, user and umask, stop signal, sockets held by the tree
+(systemd's socket-activation protocol), max_memory and liveness restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcp_supervisor.core import (
+    ChildExited,
+    ChildStarted,
+    FailedToStartChild,
+    Liveness,
+    ProcessOutput,
+    ProcessSpec,
+    ReadyTCP,
+    SpecError,
+    SupervisorFlags,
+    SupervisorSpec,
+    Tree,
+)
+from mcp_supervisor.core.process import resident_bytes
+from tests.helpers import Recorder, until
+
+pytestmark = pytest.mark.realtime
+
+SERVER = str(Path(__file__).parent.parent / "programs" / "http_server.py")
+
+
+def listener() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+async def get(port: int, target: str = "/") -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return data.decode()
+
+
+async def output(rec: Recorder, path: str, contains: str) -> str:
+    ev = await rec.wait(lambda e: isinstance(e, ProcessOutput) and e.path == path and contains in e.line)
+    assert isinstance(ev, ProcessOutput)
+    return ev.line
+
+
+async def test_limits_umask_and_stop_signal_are_applied_before_exec() -> None:
+    script = "grep -E 'open files|core file' /proc/self/limits; trap 'echo got USR1; exit 0' USR1; umask; " \
+        "while :; do sleep 0.05; done"  # fmt: skip
+    spec = ProcessSpec(
+        id="p", command=["bash", "-c", script], limits={"nofile": 321, "core": 0}, umask=0o027, stop_signal=10
+    )
+    tree = Tree(SupervisorSpec(id="root", children=[spec]))
+    rec = Recorder(tree.bus)
+    async with tree:
+        line = await output(rec, "p", "open files")
+        assert line.split()[3:5] == ["321", "321"]
+        assert (await output(rec, "p", "core file")).split()[4:6] == ["0", "0"]
+        await output(rec, "p", "0027")
+        await tree.terminate_child("p")
+        await output(rec, "p", "got USR1")  # the stop signal, not SIGTERM
+        exited = rec.of(ChildExited, "p")[-1]
+        assert exited.reason.kind in {"normal", "shutdown"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
+async def test_a_child_runs_as_the_user_it_names() -> None:
+    nobody = pwd.getpwnam("nobody")
+    spec = ProcessSpec(id="p", command=["sh", "-c", "id -u; id -g; exec sleep 1000"], user="nobody")
+    tree = Tree(SupervisorSpec(id="root", children=[spec]))
+    rec = Recorder(tree.bus)
+    async with tree:
+        await output(rec, "p", str(nobody.pw_uid))
+        await output(rec, "p", str(nobody.pw_gid))
+
+
+async def test_an_unknown_user_or_a_missing_socket_is_a_clear_start_failure() -> None:
+    for spec, says in (
+        (ProcessSpec(id="p", command=["true"], user="no-such-user-here"), "user 'no-such-user-here' does not exist"),
+        (ProcessSpec(id="p", command=["true"], sockets=["web"]), "socket 'web' is not held by the daemon"),
+    ):
+        with pytest.raises(FailedToStartChild, match=says):
+            async with Tree(SupervisorSpec(id="root", children=[spec])):
+                pass
+
+
+def test_options_are_checked_with_the_key_they_name() -> None:
+    with pytest.raises(SpecError, match=r"limits\.files"):
+        ProcessSpec(id="p", command=["true"], limits={"files": 3})
+    with pytest.raises(SpecError, match="stop_signal"):
+        ProcessSpec(id="p", command=["true"], stop_signal=0)
+    with pytest.raises(SpecError, match="umask"):
+        ProcessSpec(id="p", command=["true"], umask=0o1000)
+    with pytest.raises(SpecError, match="live"):
+        Liveness(http="http://x/", tcp=("h", 1))
+    with pytest.raises(SpecError, match="sockets"):
+        ProcessSpec(id="p", command=["true"], sockets=["a", "a"])
+
+
+async def test_held_sockets_arrive_by_socket_activation_at_fd_3_with_the_programs_own_pid() -> None:
+    web, admin = listener(), listener()
+    # a descriptor numbered above both makes the renumbering go the hard way round
+    spec = ProcessSpec(id="srv", command=[sys.executable, SERVER], sockets=["web", "admin"])
+    check = ProcessSpec(
+        id="env",
+        command=["sh", "-c", 'echo "fds=$LISTEN_FDS names=$LISTEN_FDNAMES pid_ok=$([ "$LISTEN_PID" = $$ ] && echo y)"'
+                 "; ls /proc/$$/fd | sort -n | tr '\\n' ' '; echo; exec sleep 1000"],
+        sockets=["admin", "web"],
+    )  # fmt: skip
+    tree = Tree(SupervisorSpec(id="root", children=[spec, check]))
+    tree.hold_socket("web", web)
+    tree.hold_socket("admin", admin)
+    rec = Recorder(tree.bus)
+    try:
+        async with tree:
+            line = await output(rec, "srv", "serving")
+            assert "fds=[3, 4]" in line
+            pid = tree.child("srv").pid
+            assert (await get(web.getsockname()[1])).endswith(str(pid))
+            assert (await get(admin.getsockname()[1])).endswith(str(pid))
+            assert await output(rec, "env", "fds=") == "fds=2 names=admin:web pid_ok=y"
+            fds = (await output(rec, "env", "0 1 2")).split()
+            assert fds[:5] == ["0", "1", "2", "3", "4"] and len(fds) <= 6  # nothing else of ours leaked in
+    finally:
+        web.close()
+        admin.close()
+
+
+async def test_a_restart_keeps_the_held_socket_connections_wait_instead_of_being_refused() -> None:
+    web = listener()
+    port = web.getsockname()[1]
+    tree = Tree(SupervisorSpec(id="root", children=[ProcessSpec(id="srv", command=[sys.executable, SERVER],
+                                                                sockets=["web"])]))  # fmt: skip
+    tree.hold_socket("web", web)
+    rec = Recorder(tree.bus)
+    try:
+        async with tree:
+            await output(rec, "srv", "serving")
+            first = tree.child("srv").pid
+            await tree.terminate_child("srv")
+            answer = asyncio.ensure_future(get(port))  # nobody accepts now: it waits in the backlog
+            await asyncio.sleep(0)
+            await tree.restart_child("srv")
+            second = tree.child("srv").pid
+            assert second != first
+            assert (await asyncio.wait_for(answer, 20)).endswith(str(second))
+    finally:
+        web.close()
+
+
+async def test_a_child_above_max_memory_for_two_checks_is_restarted_with_that_reason() -> None:
+    spec = ProcessSpec(
+        id="hog", command=[sys.executable, SERVER, "--port", "0", "--allocate", "64"], max_memory=32 * 2**20,
+        memory_check=0.1, ready=None,
+    )  # fmt: skip
+    tree = Tree(SupervisorSpec(id="root", children=[spec], flags=SupervisorFlags(intensity=10)))
+    rec = Recorder(tree.bus)
+    async with tree:
+        ev = await rec.wait(lambda e: isinstance(e, ChildExited) and e.path == "hog", timeout=20)
+        assert isinstance(ev, ChildExited)
+        assert ev.reason.kind == "abnormal" and ev.reason.detail.startswith("max_memory: resident")
+        await rec.wait(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+
+
+async def test_resident_memory_counts_the_whole_group() -> None:
+    spec = ProcessSpec(id="p", command=["sh", "-c", "sleep 1000 & sleep 1000 & wait"])
+    async with Tree(SupervisorSpec(id="root", children=[spec])) as tree:
+        pid = tree.child("p").pid
+        assert pid is not None
+        alone = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        await until(lambda: resident_bytes(pid) > alone)  # the two sleeps are counted too
+
+
+async def test_a_failing_liveness_check_restarts_the_child_as_abnormal(tmp_path: Path) -> None:
+    sick = tmp_path / "sick"
+    port_sock = listener()
+    port = port_sock.getsockname()[1]
+    port_sock.close()
+    spec = ProcessSpec(
+        id="web",
+        command=[sys.executable, SERVER, "--port", str(port), "--sick", str(sick)],
+        ready=ReadyTCP(host="127.0.0.1", port=port),
+        live=Liveness(http=f"http://127.0.0.1:{port}/healthz", every=0.1, timeout=2, failures=3),
+    )
+    tree = Tree(SupervisorSpec(id="root", children=[spec], flags=SupervisorFlags(intensity=10)))
+    rec = Recorder(tree.bus)
+    async with tree:
+        first = tree.child("web").pid
+        assert (await get(port, "/healthz")).endswith(str(first))
+        sick.touch()
+        ev = await rec.wait(lambda e: isinstance(e, ChildExited) and e.path == "web", timeout=20)
+        assert isinstance(ev, ChildExited)
+        assert ev.reason.kind == "abnormal"
+        assert ev.reason.detail == "liveness: 3 checks failed in a row (last: HTTP 503)"
+        sick.unlink()
+        await rec.wait(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
+        assert tree.child("web").pid != first
