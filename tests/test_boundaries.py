@@ -28,6 +28,8 @@ ALLOWED: dict[str, set[str] | None] = {
     "admin": {"core", "journal"},
     "config": {"core", "settings", "redact"},
     "telemetry": {"core", "settings", "redact", "probe", "health", "services", "__init__"},
+    "listeners": {"config"},
+    "replicas": {"core", "config"},
     "app": None,
     "cli": None,
     "ctl": {"core"},

@@ -21,8 +21,11 @@ from typing import Any
 
 from .admin import AdminServer, AdminState, find_health
 from .config import Config, ConfigError, load_config
+from .config.model import INSTANCE_SEP
 from .core import ChildExited, ChildStarted, FailedToStartChild, State, SupervisorSpec, Tree, describe
 from .journal import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, Journal, Limits, ReloadResult
+from .listeners import HeldSockets, from_systemd
+from .replicas import roll, scale
 from .settings import read_small_file
 from .systemd import Notifier
 from .telemetry.events import log_events
@@ -71,8 +74,14 @@ def load(config_path: str | None, current: str | None = None) -> tuple[Config, s
 class Daemon:
     """One running daemon, built whole from a valid config."""
 
-    def __init__(
-        self, config_path: str | None, cfg: Config, token: str | None, notifier: Notifier, writer: LineWriter | None
+    def __init__(  # noqa: PLR0917
+        self,
+        config_path: str | None,
+        cfg: Config,
+        token: str | None,
+        notifier: Notifier,
+        writer: LineWriter | None,
+        held: HeldSockets | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = cfg
@@ -93,7 +102,10 @@ class Daemon:
             on_mutation=lambda outcome: self.metrics.admin_requests.labels(outcome.split(" ")[0]).inc(),
             redact=REDACTOR.redact_value,
             journal=self.journal,
+            scale=self.scale,
+            roll=self.roll,
         )
+        self.held = held if held is not None else HeldSockets()
         self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
         self._secrets = cfg.secrets | ({token} if token else frozenset())
         self._stop = asyncio.Event()
@@ -129,6 +141,13 @@ class Daemon:
             stack.callback(set_tap, None)
             self.log.info("starting", config=cfg.file, admin=cfg.daemon.admin, children=len(cfg.tree.children))
             self.notifier.status("starting the tree")
+            stack.callback(self.held.close)  # after the tree stopped: no child needs them any more
+            try:
+                self._hold_sockets(cfg)
+            except OSError as e:
+                self.log.error("cannot hold a socket", error=describe(e))
+                self.notifier.send(STATUS=f"failed to start: {describe(e)}", ERRNO=1)
+                return EXIT_GAVE_UP
             try:
                 await tree.start()
             except FailedToStartChild as e:
@@ -229,6 +248,25 @@ class Daemon:
             self.metrics.watchdog_pings.inc()
             await asyncio.sleep(interval)
 
+    def _hold_sockets(self, cfg: Config) -> None:
+        for warning in self.held.hold(cfg.daemon.sockets):
+            self.log.warning("config warning", detail=warning)
+        for name, sock in self.held.sockets.items():
+            self.tree.hold_socket(name, sock)
+
+    # -- replicas ------------------------------------------------------------------------------------------
+    async def scale(self, path: str, count: int) -> dict[str, Any]:
+        """``count`` instances of the replicated child at ``path`` (until the next reload applies the file's)."""
+        replicas = self.config.replicas.get(path)
+        if replicas is None:
+            raise LookupError(f"{path!r} is not a child with instances (set instances = N in its table)")
+        async with self._reload_lock:  # not while a reload reshapes the tree
+            return await scale(self.tree, replicas, count)
+
+    async def roll(self, path: str) -> dict[str, Any]:
+        async with self._reload_lock:
+            return (await roll(self.tree, path)).as_dict()
+
     # -- reload --------------------------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
         """Re-read the config; on error keep everything untouched; else apply only the difference."""
@@ -250,6 +288,7 @@ class Daemon:
             # the new children may speak as soon as they start: their secrets are masked before any starts
             REDACTOR.update(self._secrets | current)
             try:
+                self._hold_sockets(new)  # new names are bound before a child that lists them starts
                 changes = await apply_difference(self.tree, old, new)
             except Exception as e:  # noqa: BLE001 - report, keep running
                 self.metrics.reload_result(False)
@@ -285,7 +324,7 @@ async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[s
     changes: list[tuple[str, str]] = []
 
     async def walk(path: str, spec: SupervisorSpec) -> None:
-        replace = set()
+        replace, rolling = set(), []
         for child in spec.children:
             cpath = f"{path}/{child.id}" if path else child.id
             before, after = old.entries.get(cpath), new.entries.get(cpath)
@@ -294,8 +333,18 @@ async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[s
                 and after is not None
                 and (before.kind != after.kind or before.fingerprint != after.fingerprint)
             ):
-                replace.add(child.id)
-        changes.extend(await tree.supervisor(path).reconcile(list(spec.children), replace, spec.flags))
+                replicas = new.replicas.get(cpath.rpartition(INSTANCE_SEP)[0])
+                if replicas is not None and replicas.rolling:
+                    rolling.append(child.id)
+                else:
+                    replace.add(child.id)
+        sup = tree.supervisor(path)
+        changes.extend(await sup.reconcile(list(spec.children), replace, spec.flags))
+        for cid in rolling:  # one at a time, each new one ready before the next old one stops
+            done = await sup.reconcile(list(spec.children), {cid})
+            changes.extend(done)
+            if any(change.startswith("failed") for _, change in done):
+                break  # the roll stops here: the instances after it keep running as they were
         for child in spec.children:
             cpath = f"{path}/{child.id}" if path else child.id
             if isinstance(child, SupervisorSpec) and child.id not in replace and cpath in old.entries:
@@ -310,6 +359,7 @@ async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[s
 def run_daemon(config_path: str | None) -> int:
     """Validate the config, set up logging, then run the daemon on uvloop when installed (asyncio otherwise)."""
     notifier = Notifier(redact=REDACTOR.redact)  # first: children must not inherit NOTIFY_SOCKET / WATCHDOG_*
+    held = HeldSockets(from_systemd())  # systemd's sockets, if it activated us; LISTEN_* leave our environment
     try:
         try:
             cfg, token = load(config_path)
@@ -328,11 +378,13 @@ def run_daemon(config_path: str | None) -> int:
         except ImportError:
             factory = None
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(_run(config_path, cfg, token, notifier, writer))
+            return runner.run(_run(config_path, cfg, token, notifier, writer, held))
     finally:
         notifier.close()
         close_writers()  # the last lines (the stop report) reach stdout before we exit
 
 
-async def _run(config_path: str | None, cfg: Config, token: str | None, notifier: Notifier, writer: Any) -> int:
-    return await Daemon(config_path, cfg, token, notifier, writer).run()
+async def _run(  # noqa: PLR0917
+    config_path: str | None, cfg: Config, token: str | None, notifier: Notifier, writer: Any, held: HeldSockets
+) -> int:
+    return await Daemon(config_path, cfg, token, notifier, writer, held).run()

@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--sick")
     parser.add_argument("--allocate", type=int, default=0)
+    parser.add_argument("--ready-file", help="created once serving, removed at a clean exit")
     args = parser.parse_args()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
@@ -65,6 +66,9 @@ def main() -> int:
     for i in range(0, len(hog), 4096):
         hog[i] = 1
     print(f"serving pid={os.getpid()} fds={[s.fileno() for s in socks]}", flush=True)
+    if args.ready_file:
+        with open(args.ready_file, "w") as f:
+            f.write(str(os.getpid()))
     while not stopping:
         try:
             ready, _, _ = select.select(socks, [], [], 0.2)
@@ -82,6 +86,8 @@ def main() -> int:
                     answer(conn, args.sick)
                 except OSError:
                     pass
+    if args.ready_file:
+        os.unlink(args.ready_file)
     return 0
 
 

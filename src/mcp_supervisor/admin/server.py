@@ -32,6 +32,8 @@ QUERY_PARAMETERS: dict[str, frozenset[str]] = {
     "/reload": frozenset({"wait"}),
     "/events": frozenset({"follow", "last_event_id", "limit", "path"}),
     "/children/{path}/logs": frozenset({"follow", "last_event_id", "lines", "format"}),
+    "/children/{path}/{action}": frozenset({"rolling"}),
+    "/children/{path}/scale": frozenset({"instances"}),
 }
 """Query parameters each route takes; any other is a 400 naming it."""
 _BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])  # reloads accepted with wait=0
@@ -78,6 +80,10 @@ class AdminState:
     """Cleans a response document's free text (the daemon's redactor; ids, paths and states are kept)."""
     journal: Journal | None = None
     """Recent events and each child's output, for /events and /children/{path}/logs (none: 503)."""
+    scale: Callable[[str, int], Awaitable[dict[str, Any]]] | None = None
+    """Start or stop instances of a replicated child (LookupError: not one; ValueError: a bad count)."""
+    roll: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    """Restart a child's instances one at a time; the result says ``ok`` and, if not, which failed and why."""
 
 
 def allowed_hosts(admin: str) -> set[str] | None:
@@ -220,12 +226,24 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     async def child_action(request: web.Request) -> web.Response:
         action = request.match_info["action"]
         path = request.match_info["path"].strip("/")
+        try:
+            rolling = _flag(request, "rolling", False)
+        except ValueError as e:
+            return _error(400, str(e))
+        if rolling and action != "restart":
+            return _error(400, "rolling applies only to restart")
+        what = f"{action} {path}" + (" rolling" if rolling else "")
         denied = authorize(request)
         if denied is not None:
-            audit(request, f"{action} {path}", f"denied {denied.status}")
+            audit(request, what, f"denied {denied.status}")
             return denied
         tree = state.tree
         try:
+            if rolling and state.roll is not None:  # the path of a replicated child, or of any one child
+                result = await state.roll(path)
+                audit(request, what, "ok" if result["ok"] else f"stopped at {result['failed']}")
+                return _json({"path": path, "action": "restart", "rolling": True, **result},
+                             200 if result["ok"] else 409)  # fmt: skip
             child = tree.child(path)
             if action == "stop":
                 await tree.terminate_child(path)
@@ -236,14 +254,38 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
                     await tree.terminate_child(path)
                 await tree.restart_child(path)
         except NoSuchPath as e:
-            audit(request, f"{action} {path}", "not found")
+            audit(request, what, "not found")
             return _error(404, str(e))
         except (OperationError, FailedToStartChild, NotRunning) as e:
-            audit(request, f"{action} {path}", f"conflict: {e}")
+            audit(request, what, f"conflict: {e}")
             return _error(409, str(e))
-        audit(request, f"{action} {path}", "ok")
+        audit(request, what, "ok")
         node = next((c for c in tree.which_children(path.rpartition("/")[0]) if c.path == path), None)
         return _json({"path": path, "action": action, "child": node.as_dict() if node is not None else None})
+
+    async def scale(request: web.Request) -> web.Response:
+        path = request.match_info["path"].strip("/")
+        denied = authorize(request)
+        if denied is not None:
+            audit(request, f"scale {path}", f"denied {denied.status}")
+            return denied
+        raw = request.query.get("instances", "")
+        if not raw.isdigit():
+            return _error(400, f"instances must be a non-negative integer, got {raw[:20]!r}")
+        if state.scale is None:
+            return _error(503, "scaling is not available")
+        try:
+            changed = await state.scale(path, int(raw))
+        except LookupError as e:
+            audit(request, f"scale {path}", "not found")
+            return _error(404, str(e.args[0]) if e.args else str(e))
+        except ValueError as e:
+            return _error(400, str(e))
+        except (OperationError, FailedToStartChild, NotRunning) as e:
+            audit(request, f"scale {path} to {raw}", f"conflict: {e}")
+            return _error(409, str(e))
+        audit(request, f"scale {path} to {raw}", "ok")
+        return _json({"path": path, "instances": int(raw), **changed})
 
     async def reload(request: web.Request) -> web.Response:
         denied = authorize(request)
@@ -282,6 +324,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/children/{path:.+}/{action:restart|stop|start}", child_action)
+    app.router.add_post("/children/{path:.+}/scale", scale)
     app.router.add_get("/children/{path:.+}/logs", logs)
     app.router.add_get("/events", events)
     UI.add_routes(app)

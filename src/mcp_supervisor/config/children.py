@@ -8,14 +8,12 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from ..core import (
     Backoff,
     ChildSpec,
-    ProcessSpec,
-    ReadyCommand,
-    ReadyTCP,
     SpecError,
     SupervisorFlags,
     SupervisorSpec,
@@ -24,7 +22,8 @@ from ..core import (
 )
 from ..settings import SettingError, kind_of, show
 from .model import LOG_BYTES, LOG_LINES, ChildEntry, WorkerFactory
-from .reader import Reader, check_keys, numbers, split_host_port
+from .processes import PROCESS_KEYS, process_specs
+from .reader import Reader, check_keys, numbers
 
 MAX_DEPTH = 64  # supervisors nested in one another
 
@@ -32,7 +31,7 @@ _COMMON = {"id", "restart", "shutdown", "significant", "backoff"}
 SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
 _WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
-_PROCESS = _COMMON | _LOGS | {"command", "env", "public_env", "cwd", "inherit_env", "ready"}
+_PROCESS = _COMMON | _LOGS | PROCESS_KEYS
 _SUPERVISOR = _COMMON | SUP_FLAGS | {"children"}
 
 
@@ -53,33 +52,6 @@ def _backoff(ctx: Reader, value: Any, key: str) -> Backoff | None:
     check_keys(ctx, value, {"initial", "max", "multiplier", "jitter", "reset_after"}, f"{key}.backoff")
     try:
         return Backoff(**numbers(value, ("initial", "max", "multiplier", "jitter", "reset_after")))
-    except SpecError as e:
-        raise ctx.error(f"{key}.{e.field}", e.reason) from None
-
-
-def _ready(ctx: Reader, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
-    if value is None:
-        return None
-    k = f"{key}.ready"
-    if not isinstance(value, dict):
-        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {kind_of(value)}')
-    check_keys(ctx, value, {"tcp", "command", "timeout", "interval"}, k)
-    value = numbers(value, ("timeout", "interval"))
-    if ("tcp" in value) == ("command" in value):
-        raise ctx.error(k, 'needs exactly one of "tcp" or "command"')
-    try:
-        if "tcp" in value:
-            if "interval" in value:
-                raise ctx.error(f"{k}.interval", "applies only to command readiness")
-            if not isinstance(value["tcp"], str):
-                raise ctx.error(f"{k}.tcp", f'must be "host:port", got {kind_of(value["tcp"])}')
-            try:
-                host, port = split_host_port(value["tcp"])
-            except ValueError as e:
-                raise ctx.error(f"{k}.tcp", str(e)) from None
-            return ReadyTCP(host=host, port=port, **({"timeout": value["timeout"]} if "timeout" in value else {}))
-        extra = {n: value[n] for n in ("timeout", "interval") if n in value}
-        return ReadyCommand(command=value["command"], **extra)
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
 
@@ -105,8 +77,9 @@ def _load_factory(ctx: Reader, name: str, key: str) -> WorkerFactory:
 
 def child(
     ctx: Reader, table: Any, key: str, parent: str, entries: dict[str, ChildEntry], *, depth: int = 1
-) -> ChildSpec:
-    """One ``[[...children]]`` table (and, for a supervisor, everything below it) as a core spec."""
+) -> list[ChildSpec]:
+    """One ``[[...children]]`` table (and, for a supervisor, everything below it) as core specs: one, or for an
+    OS process with ``instances``, one per instance."""
     if not isinstance(table, dict):
         raise ctx.error(key, f"must be a table, got {kind_of(table)}")
     if depth > MAX_DEPTH:
@@ -138,29 +111,29 @@ def child(
             spec: ChildSpec = _worker(ctx, table, key, path, common, entries)
             entries[path] = dataclasses.replace(entries[path], log_lines=lines, log_bytes=size)
         elif kind == "command":
-            env = _env(ctx, table.get("env", {}), f"{key}.env")
             public = _public_env(ctx, table.get("public_env", []), f"{key}.public_env")
-            for name, value in env.items():
-                if name not in public:
-                    ctx.secrets.add(value)  # env values are secret unless listed as public
-            spec = ProcessSpec(
-                command=_command(ctx, table["command"], f"{key}.command"),
-                env=env,
-                cwd=table.get("cwd"),
-                inherit_env=table.get("inherit_env", True),
-                ready=_ready(ctx, table.get("ready"), key),
-                **common,
+            fingerprint = _fingerprint(table, {"public_env", "instances", "reload"} | _LOGS)
+
+            def entry(p: str) -> ChildEntry:
+                return ChildEntry(path=p, kind="process", fingerprint=fingerprint, log_lines=lines, log_bytes=size)
+
+            specs, made, replicas = process_specs(
+                ctx, table, key, path, common, entry, partial(_env, ctx), partial(_command, ctx), ctx.sockets
             )
-            entries[path] = ChildEntry(
-                path=path, kind="process", fingerprint=_fingerprint(table, {"public_env"} | _LOGS),
-                log_lines=lines, log_bytes=size,
-            )  # fmt: skip
+            for s in specs:
+                ctx.secrets.update(v for n, v in s.env.items() if n not in public)  # secret unless listed public
+            entries.update(made)
+            if replicas is not None:
+                ctx.replicas[path] = replicas
+            return list(specs)
         else:
             children = table["children"]
             if not isinstance(children, list):
                 raise ctx.error(f"{key}.children", "must be an array of tables ([[...children]])")
             kids = [
-                child(ctx, c, f"{key}.children[{i}]", path, entries, depth=depth + 1) for i, c in enumerate(children)
+                s
+                for i, c in enumerate(children)
+                for s in child(ctx, c, f"{key}.children[{i}]", path, entries, depth=depth + 1)
             ]
             flags = flags_of(ctx, table, key)
             spec = SupervisorSpec(children=kids, flags=flags, **common)
@@ -168,7 +141,7 @@ def child(
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
-    return spec
+    return [spec]
 
 
 def _worker(  # noqa: PLR0917

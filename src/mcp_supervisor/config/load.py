@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from ..core import SpecError, SupervisorSpec, describe
-from ..settings import read_small_file, show
+from ..settings import kind_of, read_small_file, show
 from .children import SUP_FLAGS, child, flags_of
 from .locate import too_deep
-from .model import DEFAULT_ADMIN, DEFAULT_CONFIG_PATH, ChildEntry, Config, ConfigError, DaemonConfig, WorkerFactory
-from .reader import Reader, check_keys, split_host_port, typed
+from .model import (
+    DEFAULT_ADMIN,
+    DEFAULT_CONFIG_PATH,
+    ChildEntry,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    SocketConfig,
+    WorkerFactory,
+)
+from .reader import Reader, check_keys, numbers, split_host_port, typed
 
 MAX_NESTING = 64  # brackets and braces in the file
 MAX_FILE = 4 * 2**20  # bytes
@@ -25,12 +34,58 @@ MAX_FILE = 4 * 2**20  # bytes
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+_SOCKET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def _sockets(ctx: Reader, value: Any) -> tuple[SocketConfig, ...]:
+    """``[[daemon.sockets]]``: name, listen ("host:port" or "unix:/path"), backlog, mode (unix only)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ctx.error("daemon.sockets", "must be an array of tables ([[daemon.sockets]])")
+    out: list[SocketConfig] = []
+    for i, t in enumerate(value):
+        k = f"daemon.sockets[{i}]"
+        if not isinstance(t, dict):
+            raise ctx.error(k, f"must be a table, got {kind_of(t)}")
+        check_keys(ctx, t, {"name", "listen", "backlog", "mode"}, k)
+        name, listen = t.get("name"), t.get("listen")
+        if not isinstance(name, str) or not _SOCKET_NAME.fullmatch(name):
+            raise ctx.error(f"{k}.name", f"must be a name of letters, digits, '-' and '_', got {show('', name)}")
+        if any(s.name == name for s in out):
+            raise ctx.error(f"{k}.name", f"{name!r} is declared twice")
+        if not isinstance(listen, str):
+            raise ctx.error(f"{k}.listen", f'must be "host:port" or "unix:/absolute/path", got {kind_of(listen)}')
+        if listen.startswith("unix:"):
+            if not listen[5:].startswith("/") or len(listen[5:].encode()) > 107 or "\x00" in listen:
+                raise ctx.error(f"{k}.listen", "a unix socket needs an absolute path of at most 107 bytes")
+        else:
+            try:
+                split_host_port(listen)
+            except ValueError as e:
+                raise ctx.error(f"{k}.listen", str(e)) from None
+        nums = numbers(t, ("backlog", "mode"))
+        backlog = nums.get("backlog", 1024)
+        if isinstance(backlog, bool) or not isinstance(backlog, int) or not 1 <= backlog <= 65535:
+            raise ctx.error(f"{k}.backlog", f"must be an integer 1..65535, got {show('', backlog)}")
+        mode = nums.get("mode")
+        if isinstance(mode, str):
+            mode = int(mode, 8) if re.fullmatch(r"[0-7]{3,4}", mode) else mode
+        if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777):
+            raise ctx.error(f"{k}.mode", f'must be a file mode like "660", got {show("", mode)}')
+        if mode is not None and not listen.startswith("unix:"):
+            raise ctx.error(f"{k}.mode", "applies only to a unix socket")
+        out.append(SocketConfig(name=name, listen=listen, backlog=backlog, mode=mode))
+    return tuple(out)
+
+
 def _daemon(ctx: Reader, table: Any) -> DaemonConfig:
     if table is None:
         return DaemonConfig()
     if not isinstance(table, dict):
         raise ctx.error("daemon", "must be a table")
-    check_keys(ctx, table, {"admin", "admin_token_file", "allow_remote_admin", "log_format", "log_level"}, "daemon")
+    allowed = {"admin", "admin_token_file", "allow_remote_admin", "log_format", "log_level", "sockets"}
+    check_keys(ctx, table, allowed, "daemon")
     admin = typed(ctx, table, "admin", str, "daemon") or DEFAULT_ADMIN
     allow_remote = bool(typed(ctx, table, "allow_remote_admin", bool, "daemon"))
     _check_admin(ctx, admin, allow_remote)
@@ -47,6 +102,7 @@ def _daemon(ctx: Reader, table: Any) -> DaemonConfig:
         allow_remote_admin=allow_remote,
         log_format=log_format,
         log_level=log_level,
+        sockets=_sockets(ctx, table.get("sockets")),
     )
 
 
@@ -105,6 +161,7 @@ def _parse(ctx: Reader) -> Config:
     check_keys(ctx, raw, {"daemon", "tree"}, "")
     data = ctx.expand(raw, "")
     daemon = _daemon(ctx, data.get("daemon"))
+    ctx.sockets = {s.name for s in daemon.sockets}
     tree = data.get("tree")
     if not isinstance(tree, dict):
         raise ctx.error("tree", "missing: the root supervisor ([tree] with strategy, intensity, period, children)")
@@ -113,7 +170,7 @@ def _parse(ctx: Reader) -> Config:
     if not isinstance(children, list):
         raise ctx.error("tree.children", "must be an array of tables ([[tree.children]])")
     entries: dict[str, ChildEntry] = {}
-    kids = [child(ctx, c, f"tree.children[{i}]", "", entries) for i, c in enumerate(children)]
+    kids = [s for i, c in enumerate(children) for s in child(ctx, c, f"tree.children[{i}]", "", entries)]
     flags = flags_of(ctx, tree, "tree")
     root_id = tree.get("id", "root")
     try:
@@ -126,6 +183,7 @@ def _parse(ctx: Reader) -> Config:
         daemon=daemon,
         tree=spec,
         entries=entries,
+        replicas=dict(ctx.replicas),
         secrets=frozenset(ctx.secrets),
         warnings=tuple(ctx.warnings),
     )

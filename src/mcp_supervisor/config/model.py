@@ -6,12 +6,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from ..core import SupervisorFlags, SupervisorSpec, WorkerFn
+from ..core import ProcessSpec, SupervisorFlags, SupervisorSpec, WorkerFn
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
 DEFAULT_ADMIN = "127.0.0.1:7080"
 LOG_LINES = 1000
 LOG_BYTES = 256 * 1024
+INSTANCE_SEP = "#"  # instance i of a replicated child "web" is "web#i"
+MAX_INSTANCES = 1024
 
 WorkerFactory: TypeAlias = Callable[[Mapping[str, Any]], WorkerFn]
 """A worker plugin: called once per load with the child's ``config`` table; returns the worker's ``run(ctx)``.
@@ -38,12 +40,37 @@ def _one_line(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SocketConfig:
+    """A listening socket the daemon holds for its OS children (``[[daemon.sockets]]``)."""
+
+    name: str
+    listen: str  # "host:port" or "unix:/absolute/path"
+    backlog: int = 1024
+    mode: int | None = None  # a unix socket's file mode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonConfig:
     admin: str = DEFAULT_ADMIN
     admin_token_file: str | None = None
     allow_remote_admin: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    sockets: tuple[SocketConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaSet:
+    """An OS-process child with ``instances``: its instances are the children ``path#0 … path#N-1``."""
+
+    path: str  # the child's path without the instance suffix
+    instances: int
+    rolling: bool  # a reload that changes it replaces one instance at a time
+    make: Callable[[int], ProcessSpec]  # the spec of instance i ({instance} expanded)
+
+    @property
+    def parent(self) -> str:
+        return self.path.rpartition("/")[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +93,7 @@ class Config:
     daemon: DaemonConfig
     tree: SupervisorSpec
     entries: Mapping[str, ChildEntry] = field(default_factory=dict)
+    replicas: Mapping[str, ReplicaSet] = field(default_factory=dict)  # by the child's path (no instance suffix)
     secrets: frozenset[str] = frozenset()
     """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
     warnings: tuple[str, ...] = ()

@@ -60,6 +60,8 @@ class Reader:
         self.workers = workers  # built-in names -> "package.module:factory" (the composition root's registry)
         self.factories = factories  # names -> factories given directly (tests, embedding)
         self.secrets: set[str] = set()
+        self.sockets: set[str] | None = None  # the [[daemon.sockets]] names children may list (None: not checked)
+        self.replicas: dict[str, Any] = {}  # path -> ReplicaSet, as the tree's tables are read
         self.warnings: list[str] = []
 
     def secret(self, key: str, value: str) -> None:

@@ -42,6 +42,7 @@ from .mailbox import Call, Cast, Mailbox, MailboxStatistics, Message, Registry
 from .specs import (
     BRUTAL_KILL,
     INFINITY,
+    RLIMITS,
     AutoShutdown,
     Backoff,
     ChildSpec,
@@ -61,8 +62,8 @@ from .supervisor import Supervisor
 from .tree import ShutdownReport, Tree
 
 __all__ = [
-    "BRUTAL_KILL", "INFINITY", "AutoShutdown", "Backoff", "BusStatistics", "Call", "CallError", "CallTimeout",
-    "CalleeExited", "Cast", "ChildContext", "ChildCounts", "ChildExited", "ChildSpec", "ChildStarted",
+    "BRUTAL_KILL", "INFINITY", "RLIMITS", "AutoShutdown", "Backoff", "BusStatistics", "Call", "CallError",
+    "CallTimeout", "CalleeExited", "Cast", "ChildContext", "ChildCounts", "ChildExited", "ChildSpec", "ChildStarted",
     "ChildUnstopped", "ChildView", "Clock", "Deadline", "EscapeeKilled", "Event", "EventBus", "ExitReason",
     "FailedToStartChild", "IntensityExceeded", "Key", "LastExit", "Liveness", "LoopClock", "Mailbox", "MailboxFull",
     "MailboxStatistics", "ManualClock", "Message", "NoSuchPath", "NodeStatus", "NotRunning", "OperationError",

@@ -1,0 +1,89 @@
+"""Replicated OS children (``instances``): who the instances are, scaling them, and rolling restarts.
+
+Instance ``i`` of the child at ``path`` is the sibling ``path#i``: each is its own child for restart purposes.
+Scaling adds instances at the end (``start_child``) and removes the highest first; a rolling restart replaces one
+instance at a time and goes on only once the new one passed its readiness check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config.model import INSTANCE_SEP, MAX_INSTANCES, ReplicaSet
+from .core import FailedToStartChild, OperationError, Tree
+
+
+def _indexes(tree: Tree, path: str) -> dict[int, str]:
+    parent, _, cid = path.rpartition("/")
+    found: dict[int, str] = {}
+    for node in tree.which_children(parent):
+        base, sep, index = node.id.rpartition(INSTANCE_SEP)
+        if sep and base == cid and index.isdigit():
+            found[int(index)] = node.path
+    return found
+
+
+def instances(tree: Tree, path: str) -> list[str]:
+    """The paths of the running tree's instances of ``path``, by index; ``[path]`` for a child without any."""
+    found = _indexes(tree, path)
+    if found:
+        return [found[i] for i in sorted(found)]
+    tree.child(path)  # NoSuchPath when there is no such child either
+    return [path]
+
+
+@dataclass(slots=True)
+class RollResult:
+    """What a rolling restart did: the instances replaced, and the one that failed (the roll stopped there)."""
+
+    replaced: list[str] = field(default_factory=list)
+    failed: str | None = None
+    error: str | None = None
+    untouched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "replaced": self.replaced, "failed": self.failed, "error": self.error,
+                "untouched": self.untouched}  # fmt: skip
+
+
+async def roll(tree: Tree, path: str) -> RollResult:
+    """Restart the instances of ``path`` one at a time, each new one ready before the next old one stops; the
+    first that fails to start stops the roll and the rest keep running as they are."""
+    paths = instances(tree, path)
+    result = RollResult()
+    for i, p in enumerate(paths):
+        try:
+            if tree.child(p).alive:
+                await tree.terminate_child(p)
+            await tree.restart_child(p)
+        except (FailedToStartChild, OperationError) as e:
+            result.failed, result.error, result.untouched = p, str(e), paths[i + 1 :]
+            return result
+        result.replaced.append(p)
+    return result
+
+
+async def scale(tree: Tree, replicas: ReplicaSet, count: int) -> dict[str, list[str]]:
+    """Start or stop instances so that ``count`` run: new ones at the end, the highest index stopped first.
+
+    Not persisted: the file's ``instances`` applies again at the next reload. A failed start raises
+    FailedToStartChild (the instances started before it stay)."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_INSTANCES:
+        raise ValueError(f"instances must be an integer 0..{MAX_INSTANCES}, got {count!r}")
+    have = _indexes(tree, replicas.path)
+    started: list[str] = []
+    stopped: list[str] = []
+    for i in sorted(have, reverse=True):
+        if i >= count:
+            p = have[i]
+            await tree.terminate_child(p)
+            await tree.delete_child(p)
+            stopped.append(p)
+    for i in range(count):
+        if i not in have:
+            started.append(await tree.start_child(replicas.parent, replicas.make(i)))
+    return {"started": started, "stopped": stopped}
