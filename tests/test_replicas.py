@@ -4,6 +4,7 @@ under a real load loop on loopback."""
 from __future__ import annotations
 
 import http.client
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -162,6 +163,18 @@ def test_a_roll_stops_at_the_instance_that_fails_readiness(daemons: list[Daemon]
     assert "start timeout" in doc["error"]
     assert d.node("web#3")["pid"] == before["web#3"] and d.node("web#3")["state"] == "running"
     assert d.node("web#2")["state"] == "stopped"
+    (tmp_path / "block-2").unlink()
+    cli = [sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", d.admin, "--token-file", str(d.token_file)]
+    done = subprocess.run([*cli, "restart", "--rolling", "web"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert d.node("web#2")["state"] == "running"
+    (tmp_path / "block-3").touch()
+    done = subprocess.run([*cli, "restart", "--rolling", "web"], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("rolling restart stopped at web#3: ")
+    assert "replaced: web#0, web#1, web#2; untouched: none" in done.stdout
+    done = subprocess.run([*cli, "scale", "web", "2"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and '"stopped": [\n    "web#3"' in done.stdout, done
 
 
 def test_scale_up_and_down_and_a_reload_with_new_instances_touch_no_other_instance(

@@ -40,8 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     st = actions.add_parser("status", help="the tree: state, pid, restarts, uptime")
     st.add_argument("--json", action="store_true", help="print the raw JSON document")
     for name in ("restart", "stop", "start"):
-        a = actions.add_parser(name, help=f"{name} the child at PATH (e.g. edge/proxy)")
+        a = actions.add_parser(name, help=f"{name} the child at PATH (e.g. edge/proxy, web#2)")
         a.add_argument("path")
+        if name == "restart":
+            rolling = "replace a replicated child's instances one at a time, each ready before the next"
+            a.add_argument("--rolling", action="store_true", help=rolling)
+    sc = actions.add_parser("scale", help="run N instances of the replicated child at PATH (until the next reload)")
+    sc.add_argument("path")
+    sc.add_argument("instances", type=int)
     st.add_argument("--watch", action="store_true", help="redraw the tree on every event (Ctrl-C ends it)")
     lg = actions.add_parser("logs", help="a child's recent output (stdout/stderr, its own log lines)")
     lg.add_argument("path")

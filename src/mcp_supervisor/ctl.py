@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import aiohttp
 
@@ -128,7 +129,11 @@ async def ctl(args: argparse.Namespace, address: str, token: str | None) -> int:
 async def simple(admin: Admin, args: argparse.Namespace) -> int:
     method, url = "GET", "/status"
     if args.action in ("restart", "stop", "start"):
-        method, url = "POST", f"/children/{args.path.strip('/')}/{args.action}"
+        method, url = "POST", f"/children/{quote(args.path.strip('/'), safe='/')}/{args.action}"
+        if args.action == "restart" and args.rolling:
+            url += "?rolling=1"
+    elif args.action == "scale":
+        method, url = "POST", f"/children/{quote(args.path.strip('/'), safe='/')}/scale?instances={args.instances}"
     elif args.action == "reload":
         method, url = "POST", f"/reload?wait={'1' if args.wait else '0'}"
     elif args.action == "health":
@@ -138,6 +143,10 @@ async def simple(admin: Admin, args: argparse.Namespace) -> int:
         body: Any = json.loads(text)
     except json.JSONDecodeError:
         body = text
+    if status == 409 and isinstance(body, dict) and body.get("rolling"):
+        print(f"rolling restart stopped at {body['failed']}: {body['error']}", file=sys.stderr)
+        print(f"replaced: {', '.join(body['replaced']) or 'none'}; untouched: {', '.join(body['untouched']) or 'none'}")
+        return 1
     if status >= 400:
         print(f"error {status}: {_error_text(text)}", file=sys.stderr)
         return EXIT_CONFIG if args.action == "reload" and status == 422 else 1
