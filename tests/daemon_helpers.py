@@ -54,7 +54,9 @@ class Daemon:
         env: dict[str, str] | None = None,
         token_value: str = TOKEN,
         separate_stderr: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> None:
+        """``prefix``: a command the daemon's command line is appended to (it must exec it)."""
         self.tmp = tmp
         self.token_value = token_value
         self.port = free_port()
@@ -75,7 +77,7 @@ class Daemon:
         self._log = open(self.log_path, "wb")
         self._err = open(self.err_path, "wb") if separate_stderr else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_supervisor.cli", "run", "--config", str(self.config)],
+            [*prefix, sys.executable, "-m", "mcp_supervisor.cli", "run", "--config", str(self.config)],
             stdout=self._log,
             stderr=self._err if self._err is not None else subprocess.STDOUT,
             env=env_all,

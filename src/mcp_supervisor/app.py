@@ -22,7 +22,7 @@ from typing import Any
 from .admin import AdminServer, AdminState, find_health
 from .config import Config, ConfigError, load_config
 from .config.model import INSTANCE_SEP
-from .core import ChildExited, ChildStarted, FailedToStartChild, State, SupervisorSpec, Tree, describe
+from .core import Cgroups, ChildExited, ChildStarted, FailedToStartChild, State, SupervisorSpec, Tree, describe
 from .journal import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, Journal, Limits, ReloadResult
 from .listeners import HeldSockets, from_systemd
 from .replicas import roll, scale
@@ -89,6 +89,7 @@ class Daemon:
         self.writer = writer
         self.log: Any = get_logger()
         self.tree = Tree(cfg.tree, subreaper=True)
+        self.tree.use_cgroups(Cgroups.detect())  # a delegated cgroup v2 subtree when systemd gave us one
         self.metrics = DaemonMetrics(self.tree.status)
         self.tree.provide(METRICS_REGISTRY, self.metrics.registry)  # one registry for every metric
         self.journal = Journal(redact=REDACTOR.redact_value, limits=log_limits(cfg))

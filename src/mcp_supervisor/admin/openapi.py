@@ -84,6 +84,9 @@ OPENAPI: dict[str, Any] = {
                                      "description": "descendants that left the process group (setsid)"},
                     "next_restart_at": {"type": "number"},
                     "strategy": {"type": "string"},
+                    "isolation": {"enum": ["cgroup", "process-group"],
+                                  "description": "the root only: how OS children are contained and stopped (a "
+                                                 "cgroup v2 each in a delegated subtree, else their process group)"},
                     "children": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
                 },
             },
@@ -116,8 +119,10 @@ OPENAPI: dict[str, Any] = {
                 "200": _json({"type": "object", "required": ["path", "action", "child"], "properties": {
                     "path": {"type": "string"}, "action": {"enum": ["restart", "stop", "start"]},
                     "child": {"type": ["object", "null"]}}}, "done"),
+                "400": _err("rolling is not 1/0 (or true/false)"),
                 "404": _err("no child at that path"),
-                "409": _err("not valid in the child's state, or its supervisor is stopping"),
+                "409": _err("not valid in the child's state, or its supervisor is stopping (or rolling with stop or "
+                            "start); for a rolling restart, the result with the instance that failed"),
                 **_AUTH,
             },
             security=[{"bearer": []}],
@@ -125,6 +130,28 @@ OPENAPI: dict[str, Any] = {
                 {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "action", "in": "path", "required": True,
                  "schema": {"enum": ["restart", "stop", "start"]}},
+                {"name": "rolling", "in": "query", "required": False, "schema": {"enum": ["1", "0"]},
+                 "description": "restart only: replace a replicated child's instances one at a time, each ready "
+                                "before the next old one stops; 409 names the instance that failed"},
+            ],
+        )},
+        "/children/{path}/scale": {"post": _op(
+            "run N instances of the replicated child at path (until the next reload applies the file's)",
+            {
+                "200": _json({"type": "object", "required": ["path", "instances", "started", "stopped"],
+                              "properties": {"path": {"type": "string"}, "instances": {"type": "integer"},
+                                             "started": {"type": "array", "items": {"type": "string"}},
+                                             "stopped": {"type": "array", "items": {"type": "string"}}}}, "done"),
+                "400": _err("instances is not an integer 0..1024"),
+                "404": _err("not a child with instances"),
+                "409": _err("an instance failed to start, or the supervisor is stopping"),
+                **_AUTH,
+            },
+            security=[{"bearer": []}],
+            parameters=[
+                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "instances", "in": "query", "required": True,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 1024}},
             ],
         )},
         "/reload": {"post": _op(

@@ -158,7 +158,9 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
 
     async def status(_: web.Request) -> web.Response:
-        return _json(state.tree.status().as_dict())
+        doc = state.tree.status().as_dict()
+        doc["isolation"] = state.tree.isolation
+        return _json(doc)
 
     async def livez(_: web.Request) -> web.Response:
         alive = not state.tree.done
@@ -231,7 +233,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         except ValueError as e:
             return _error(400, str(e))
         if rolling and action != "restart":
-            return _error(400, "rolling applies only to restart")
+            return _error(409, f"rolling applies only to restart, not to {action}")
         what = f"{action} {path}" + (" rolling" if rolling else "")
         denied = authorize(request)
         if denied is not None:
@@ -242,8 +244,8 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
             if rolling and state.roll is not None:  # the path of a replicated child, or of any one child
                 result = await state.roll(path)
                 audit(request, what, "ok" if result["ok"] else f"stopped at {result['failed']}")
-                return _json({"path": path, "action": "restart", "rolling": True, **result},
-                             200 if result["ok"] else 409)  # fmt: skip
+                code = 200 if result["ok"] else 409
+                return _json({"path": path, "action": "restart", "rolling": True, "status": code, **result}, code)
             child = tree.child(path)
             if action == "stop":
                 await tree.terminate_child(path)

@@ -17,6 +17,7 @@ import ctypes
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cgroups import Cgroups
 from .clock import wait_done
 from .context import ChildContext
 from .escapes import Escapes
@@ -104,12 +106,15 @@ def _move_fds(fds: Sequence[int]) -> str:
     return f"exec {first}; exec {close_src}; exec {final} {close_tmp}"
 
 
-def launch(spec: ProcessSpec, sockets: Mapping[str, Any]) -> tuple[list[str], tuple[int, ...], Any]:
+def launch(
+    spec: ProcessSpec, sockets: Mapping[str, Any], cgroup: str | None = None
+) -> tuple[list[str], tuple[int, ...], Any]:
     """The command line, the descriptors to pass and the preexec function that start ``spec.command`` with its
     limits, user, parent-death signal and held sockets — each step an ``exec`` of the next, so that the program
     keeps the pid the first one had (LISTEN_PID must be the program's own pid).
 
-    ``bash`` moves held sockets to fds 3.. and sets LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID; util-linux ``prlimit``
+    ``bash`` joins the child's cgroup, moves held sockets to fds 3.. and sets LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID
+    (before anything it runs can fork); util-linux ``prlimit``
     sets the rlimits; ``setpriv`` changes user and group, then sets the parent-death signal (a change of
     credentials would clear it) and execs the program. Without setpriv we fall back to prctl in ``preexec_fn``
     (a full fork of the daemon, about 1.3 ms more per spawn).
@@ -132,16 +137,21 @@ def launch(spec: ProcessSpec, sockets: Mapping[str, Any]) -> tuple[list[str], tu
             raise FileNotFoundError("limits need util-linux's prlimit, which is not installed")
         argv = [_PRLIMIT, *(f"--{RLIMITS[k]}={v}:{v}" for k, v in sorted(spec.limits.items())), "--", *argv]
     fds: tuple[int, ...] = ()
+    prelude: list[str] = []
+    if cgroup is not None:
+        prelude.append(f"echo $$ > {shlex.quote(cgroup + '/cgroup.procs')} || exit 126")
     if spec.sockets:
         missing = [n for n in spec.sockets if n not in sockets]
         if missing:
             raise LookupError(f"socket {missing[0]!r} is not held by the daemon (see [[daemon.sockets]])")
-        if _BASH is None:
-            raise FileNotFoundError("held sockets need bash to place them at fd 3.., and bash is not installed")
         fds = tuple(sockets[n].fileno() for n in spec.sockets)
         names = ":".join(spec.sockets)
-        script = f'{_move_fds(fds)}; export LISTEN_FDS={len(fds)} LISTEN_FDNAMES="{names}" LISTEN_PID=$$; exec "$@"'
-        argv = [_BASH, "-c", script, "mcp-supervisor-exec", *argv]
+        prelude.append(_move_fds(fds))
+        prelude.append(f'export LISTEN_FDS={len(fds)} LISTEN_FDNAMES="{names}" LISTEN_PID=$$')
+    if prelude:
+        if _BASH is None:
+            raise FileNotFoundError("held sockets and cgroups need bash, which is not installed")
+        argv = [_BASH, "-c", "; ".join([*prelude, 'exec "$@"']), "mcp-supervisor-exec", *argv]
     return argv, fds, preexec
 
 
@@ -299,9 +309,11 @@ class OsProcess:
         guardian: Guardian | None,
         escapes: Escapes | None = None,
         stop_signal: int = signal.SIGTERM,
+        cgroup: str | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.stop_signal = stop_signal
+        self.cgroup = cgroup  # its own cgroup v2 (a delegated subtree), or None: the process group is the unit
         self.cause: str | None = None  # why we ended it ourselves (max_memory, liveness): an abnormal exit
         self._escapes = escapes
         self._loop = loop
@@ -336,10 +348,17 @@ class OsProcess:
         guardian: Guardian | None,
         escapes: Escapes | None = None,
         sockets: Mapping[str, Any] | None = None,
+        cgroups: Cgroups | None = None,
     ) -> OsProcess:
         env = child_env(spec)
         resolve_program(spec, env)  # a clear start failure now, not an exit code from the exec later
-        argv, fds, preexec = launch(spec, sockets or {})
+        cgroup = cgroups.create(path) if cgroups is not None else None
+        try:
+            argv, fds, preexec = launch(spec, sockets or {}, cgroup)
+        except BaseException:
+            if cgroup is not None:
+                Cgroups.remove(cgroup)
+            raise
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -353,7 +372,7 @@ class OsProcess:
             umask=-1 if spec.umask is None else spec.umask,
             preexec_fn=preexec,  # noqa: PLW1509 - prctl only, no locks taken; None when setpriv does it
         )
-        return cls(popen, path, bus, guardian, escapes, spec.stop_signal)
+        return cls(popen, path, bus, guardian, escapes, spec.stop_signal, cgroup)
 
     # -- output --------------------------------------------------------------------------------------------
     def _on_output(self, fd: int) -> None:
@@ -419,7 +438,16 @@ class OsProcess:
         # Kill the rest of the group while the leader is a zombie: its pgid cannot be reused until we reap it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)
+        if self.cgroup is not None:
+            Cgroups.kill(self.cgroup)  # and whatever left the group
+            self._remove_cgroup(0)
         self._reap(block=True)
+
+    def _remove_cgroup(self, tries: int) -> None:
+        """Remove the emptied cgroup, once the killed processes have left it (retried for up to 10 s)."""
+        assert self.cgroup is not None
+        if not Cgroups.remove(self.cgroup) and tries < 200:
+            self._loop.call_later(0.05, self._remove_cgroup, tries + 1)
 
     def _reap(self, block: bool) -> None:
         if self.exited.done():
@@ -464,6 +492,8 @@ class OsProcess:
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
+        if self.cgroup is not None and not self.exited.done():
+            Cgroups.kill(self.cgroup)
 
     def kill_now(self) -> None:
         """SIGKILL the group and reap synchronously (teardown paths that cannot await)."""
@@ -643,10 +673,11 @@ async def run_process(  # noqa: PLR0917
     escapes: Escapes | None,
     on_spawn: Callable[[OsProcess], None],
     sockets: Mapping[str, Any] | None = None,
+    cgroups: Cgroups | None = None,
 ) -> ExitReason:
     """The body of a process child's task: spawn (``on_spawn`` learns the process), wait for readiness, report
     ready, watch its memory and liveness, wait for the exit; its reason by the rules of :meth:`OsProcess.reason`."""
-    proc = OsProcess.spawn(spec, path, bus, guardian, escapes, sockets)
+    proc = OsProcess.spawn(spec, path, bus, guardian, escapes, sockets, cgroups)
     on_spawn(proc)
     watchers: list[asyncio.Task[None]] = []
     try:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
+from .cgroups import Cgroups
 from .child import Child, Node
 from .clock import Clock, LoopClock
 from .context import Key
@@ -39,6 +40,7 @@ class Runtime:
         self.unstopped: list[str] = []
         self.guardian: Guardian | None = None
         self.escapes: Escapes | None = None  # set when the tree runs as a child subreaper
+        self.cgroups: Cgroups | None = None  # a delegated cgroup v2 subtree: one cgroup per OS child
         self.sockets: dict[str, socket.socket] = {}  # listening sockets the tree holds for its OS children, by name
         self.extensions: dict[Key[Any], Any] = {}  # what the composition root shares with workers
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # path -> callers of handle() waiting for it

@@ -130,7 +130,15 @@ class Starter:
             else:
                 rt = self.rt
                 reason = await run_process(
-                    spec, child.path, ctx, rt.bus, rt.get_guardian(), rt.escapes, partial(_spawned, child), rt.sockets
+                    spec,
+                    child.path,
+                    ctx,
+                    rt.bus,
+                    rt.get_guardian(),
+                    rt.escapes,
+                    partial(_spawned, child),
+                    rt.sockets,
+                    rt.cgroups,
                 )
         except Shutdown as e:
             reason = ExitReason("shutdown", "" if e.reason == "shutdown" else e.reason)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .cgroups import Cgroups
 from .child import Child
 from .clock import Clock, wait_done
 from .context import ChildContext, Key
@@ -221,6 +222,15 @@ class Tree:
 
     async def handle(self, path: str, wait: float = 0.0) -> Any:
         return await self.rt.handle(path, wait)
+
+    def use_cgroups(self, cgroups: Cgroups | None) -> None:
+        """Give each OS child its own cgroup in ``cgroups`` (a delegated subtree: ``Cgroups.detect()``)."""
+        self.rt.cgroups = cgroups
+
+    @property
+    def isolation(self) -> str:
+        """How OS children are contained and stopped: ``cgroup`` or ``process-group``."""
+        return "cgroup" if self.rt.cgroups is not None else "process-group"
 
     def hold_socket(self, name: str, sock: socket.socket) -> None:
         """Hold a listening socket for OS children that list ``name`` in ``sockets`` (passed by systemd's
