@@ -245,7 +245,9 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
                 result = await state.roll(path)
                 audit(request, what, "ok" if result["ok"] else f"stopped at {result['failed']}")
                 code = 200 if result["ok"] else 409
-                return _json({"path": path, "action": "restart", "rolling": True, "status": code, **result}, code)
+                return _json(
+                    {"path": path, "action": "restart", "child": None, "rolling": True, "status": code, **result}, code
+                )
             child = tree.child(path)
             if action == "stop":
                 await tree.terminate_child(path)
