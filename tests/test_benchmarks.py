@@ -45,3 +45,10 @@ def test_the_otp_benchmark_runs_when_erlang_is_installed() -> None:
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"name": "restart_rare_median"' in done.stdout
+
+
+def test_the_rolling_benchmark_runs() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/rolling.py"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"errors_rolling": 0' in done.stdout

@@ -18,7 +18,7 @@ from tests.daemon_helpers import Daemon, free_port, wait_until
 
 pytestmark = [pytest.mark.realtime, pytest.mark.timeout(120)]
 
-SERVER = str(Path(__file__).parent / "programs" / "http_server.py")
+SERVER = str(Path(__file__).parents[1] / "examples" / "socket_activated_server.py")
 
 
 @pytest.fixture

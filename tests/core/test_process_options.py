@@ -30,7 +30,7 @@ from tests.helpers import Recorder, until
 
 pytestmark = pytest.mark.realtime
 
-SERVER = str(Path(__file__).parent.parent / "programs" / "http_server.py")
+SERVER = str(Path(__file__).parents[2] / "examples" / "socket_activated_server.py")
 
 
 def listener() -> socket.socket:

@@ -1,9 +1,11 @@
-"""A small real HTTP server for tests: takes its listening socket by systemd socket activation (``LISTEN_FDS``,
-checked against ``LISTEN_PID``) or binds ``--port`` itself, answers ``GET /`` with its pid and ``GET /healthz``
-with 200 (or 503 while the file ``--sick`` names exists), and on SIGTERM stops accepting, finishes the request in
-hand and exits 0 — what a well-behaved server does, so that a restart loses nothing already accepted.
+"""A small real HTTP server (an example, and what the tests and benchmarks run). It takes its listening socket by
+systemd socket activation (``LISTEN_FDS``, checked against ``LISTEN_PID``) — as a child with ``sockets = ["web"]``
+gets it — or binds ``--port`` itself; answers ``GET /`` with its pid and ``GET /healthz`` with 200 (503 while the
+file ``--sick`` names exists); and on SIGTERM stops accepting, finishes the request in hand and exits 0 — what a
+well-behaved server does, so that a restart loses nothing already accepted.
 
-``--allocate N`` holds N MiB of touched memory once started (for max_memory tests).
+``--allocate N`` holds N MiB of touched memory once started (for max_memory tests); ``--ready-file`` is created
+once it serves and removed at a clean exit (a readiness check for the tests).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def main() -> int:
             f.write(str(os.getpid()))
     while not stopping:
         try:
-            ready, _, _ = select.select(socks, [], [], 0.2)
+            ready, _, _ = select.select(socks, [], [], 0.05)
         except InterruptedError:
             continue
         for s in ready:
