@@ -90,9 +90,18 @@ def process(draw: st.DrawFn) -> dict[str, Any]:
         )
     )
     ready = st.dictionaries(st.sampled_from(["tcp", "command", "timeout", "interval", "bogus"]), anything, max_size=3)
-    child.update(draw(_table([*COMMON_KEYS, "cwd", "inherit_env"])))
+    child.update(draw(_table([*COMMON_KEYS, "cwd", "inherit_env", "instances", "reload", "user", "group", "umask",
+                              "stop_signal", "max_memory", "memory_check", "sockets"])))  # fmt: skip
     if draw(st.booleans()):
         child["ready"] = draw(st.one_of(ready, anything))
+    if draw(st.booleans()):
+        live = st.dictionaries(st.sampled_from(["http", "tcp", "command", "every", "timeout", "failures", "bogus"]),
+                               anything, max_size=3)  # fmt: skip
+        child["live"] = draw(st.one_of(live, anything))
+    if draw(st.booleans()):
+        limits = st.dictionaries(st.sampled_from(["nofile", "memory", "core", "cpu_seconds", "bogus"]), anything,
+                                 max_size=3)  # fmt: skip
+        child["limits"] = draw(st.one_of(limits, anything))
     return child
 
 
@@ -113,6 +122,10 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     if draw(st.booleans()):
         doc["daemon"] = draw(_table(DAEMON_KEYS))
+        if draw(st.booleans()):
+            socket = st.dictionaries(st.sampled_from(["name", "listen", "backlog", "mode", "bogus"]), anything,
+                                     max_size=4)  # fmt: skip
+            doc["daemon"]["sockets"] = draw(st.one_of(st.lists(socket, max_size=2), anything))
     tree: dict[str, Any] = draw(_table([*FLAG_KEYS, "id"]))
     tree["children"] = draw(st.lists(st.one_of(worker(), process(), supervisor(1)), max_size=3))
     doc["tree"] = tree

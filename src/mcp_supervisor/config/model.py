@@ -28,6 +28,7 @@ class ConfigError(Exception):
         self.key = key
         self.line = line
         message = _one_line(message)
+        key = _one_line(key)  # a key of the file may hold control characters too
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
