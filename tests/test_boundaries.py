@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "telemetry": {"core", "settings", "redact", "probe", "health", "services", "__init__"},
     "listeners": {"config"},
     "replicas": {"core", "config"},
+    "cluster": {"core", "config", "__init__"},
     "app": None,
     "cli": None,
     "ctl": {"core"},

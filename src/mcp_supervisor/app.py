@@ -20,9 +20,20 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .admin import AdminServer, AdminState, find_health
+from .cluster import ClusterAgent
 from .config import Config, ConfigError, load_config
 from .config.model import INSTANCE_SEP
-from .core import Cgroups, ChildExited, ChildStarted, FailedToStartChild, State, SupervisorSpec, Tree, describe
+from .core import (
+    Cgroups,
+    ChildExited,
+    ChildSpec,
+    ChildStarted,
+    FailedToStartChild,
+    State,
+    SupervisorSpec,
+    Tree,
+    describe,
+)
 from .journal import DEFAULT_LOG_BYTES, DEFAULT_LOG_LINES, Journal, Limits, ReloadResult
 from .listeners import HeldSockets, from_systemd
 from .replicas import roll, scale
@@ -90,7 +101,13 @@ class Daemon:
         self.log: Any = get_logger()
         self.tree = Tree(cfg.tree, subreaper=True)
         self.tree.use_cgroups(Cgroups.detect())  # a delegated cgroup v2 subtree when systemd gave us one
-        self.metrics = DaemonMetrics(self.tree.status)
+        self.cluster = (
+            ClusterAgent(cfg.cluster, self.tree, cfg.singletons, admin=cfg.daemon.admin, log=self.log,
+                         summary=self._node_summary)
+            if cfg.cluster is not None
+            else None
+        )  # fmt: skip
+        self.metrics = DaemonMetrics(self.tree.status, self._cluster_metrics if self.cluster else None)
         self.tree.provide(METRICS_REGISTRY, self.metrics.registry)  # one registry for every metric
         self.journal = Journal(redact=REDACTOR.redact_value, limits=log_limits(cfg))
         self.state = AdminState(
@@ -105,6 +122,8 @@ class Daemon:
             journal=self.journal,
             scale=self.scale,
             roll=self.roll,
+            cluster=self._cluster_view if self.cluster is not None else None,
+            move=self.cluster.move if self.cluster is not None else None,
         )
         self.held = held if held is not None else HeldSockets()
         self.admin = AdminServer(self.state, cfg.daemon.admin, cfg.daemon.allow_remote_admin)
@@ -165,6 +184,9 @@ class Daemon:
                 return EXIT_GAVE_UP
             self._spawn(self._watchdog())
             self._spawn(self._status_updates())
+            if self.cluster is not None:
+                agent = asyncio.get_running_loop().create_task(self.cluster.run())
+                stack.push_async_callback(_cancel, agent)  # unwound before the tree: singletons handed over first
             self.notifier.ready(self._summary("running"))
             self.log.info("ready", admin=cfg.daemon.admin, mutations="on" if self.state.token else "off")
             return await self._until_stopped()
@@ -249,6 +271,17 @@ class Daemon:
             self.metrics.watchdog_pings.inc()
             await asyncio.sleep(interval)
 
+    def _node_summary(self) -> dict[str, Any]:
+        states = [child.state for child in self.tree.rt.walk()]
+        return {"children": len(states), "running": sum(1 for st in states if st is State.RUNNING)}
+
+    def _cluster_view(self) -> dict[str, Any]:
+        assert self.cluster is not None
+        return self.cluster.view.as_dict()
+
+    def _cluster_metrics(self) -> tuple[dict[str, Any], int] | None:
+        return (self.cluster.view.as_dict(), self.cluster.renew_failures) if self.cluster is not None else None
+
     def _hold_sockets(self, cfg: Config) -> None:
         for warning in self.held.hold(cfg.daemon.sockets):
             self.log.warning("config warning", detail=warning)
@@ -290,7 +323,8 @@ class Daemon:
             REDACTOR.update(self._secrets | current)
             try:
                 self._hold_sockets(new)  # new names are bound before a child that lists them starts
-                changes = await apply_difference(self.tree, old, new)
+                keep = self.cluster.held() if self.cluster is not None else []
+                changes = await apply_difference(self.tree, old, new, keep)
             except Exception as e:  # noqa: BLE001 - report, keep running
                 self.metrics.reload_result(False)
                 self.log.error("reload failed while applying", error=describe(e))
@@ -298,6 +332,12 @@ class Daemon:
                 self._emit(ReloadResult(path="", ok=False, error=describe(e)))
                 return {"ok": False, "error": describe(e), "changes": []}
             self.config = new
+            if self.cluster is not None:
+                if new.cluster != old.cluster:
+                    self.log.warning("the [cluster] table changed: it takes effect at the next start")
+                self.cluster.update(new.singletons)
+            elif new.cluster is not None:
+                self.log.warning("a [cluster] table was added: fleet mode starts at the next start")
             self.state.token = token
             # old children may still speak while they stop: the previous secrets stay masked until the next reload
             self._secrets = current
@@ -310,6 +350,12 @@ class Daemon:
             return {"ok": True, "changes": described}
 
 
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def log_limits(cfg: Config) -> Limits:
     """Each child's output-ring bounds, from its ``log_lines`` / ``log_bytes``."""
 
@@ -320,8 +366,17 @@ def log_limits(cfg: Config) -> Limits:
     return limits
 
 
-async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[str, str]]:
-    """Walk the new tree; each supervisor reconciles its own children (started, stopped, restarted, untouched)."""
+async def apply_difference(
+    tree: Tree, old: Config, new: Config, keep: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """Walk the new tree; each supervisor reconciles its own children (started, stopped, restarted, untouched).
+
+    ``keep``: paths of fleet singletons running here, which the file's tree does not list (the cluster agent
+    starts and stops them): they stay as they are."""
+    kept: dict[str, list[ChildSpec]] = {}
+    for p in keep or []:
+        with contextlib.suppress(LookupError):
+            kept.setdefault(p.rpartition("/")[0], []).append(tree.get_childspec(p))
     changes: list[tuple[str, str]] = []
 
     async def walk(path: str, spec: SupervisorSpec) -> None:
@@ -340,9 +395,10 @@ async def apply_difference(tree: Tree, old: Config, new: Config) -> list[tuple[s
                 else:
                     replace.add(child.id)
         sup = tree.supervisor(path)
-        changes.extend(await sup.reconcile(list(spec.children), replace, spec.flags))
+        specs = [*spec.children, *kept.get(path, [])]
+        changes.extend(await sup.reconcile(specs, replace, spec.flags))
         for cid in rolling:  # one at a time, each new one ready before the next old one stops
-            done = await sup.reconcile(list(spec.children), {cid})
+            done = await sup.reconcile(specs, {cid})
             changes.extend(done)
             if any(change.startswith("failed") for _, change in done):
                 break  # the roll stops here: the instances after it keep running as they were

@@ -34,6 +34,7 @@ QUERY_PARAMETERS: dict[str, frozenset[str]] = {
     "/children/{path}/logs": frozenset({"follow", "last_event_id", "lines", "format"}),
     "/children/{path}/{action}": frozenset({"rolling"}),
     "/children/{path}/scale": frozenset({"instances"}),
+    "/cluster/move": frozenset({"path", "node"}),
 }
 """Query parameters each route takes; any other is a 400 naming it."""
 _BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])  # reloads accepted with wait=0
@@ -82,6 +83,10 @@ class AdminState:
     """Recent events and each child's output, for /events and /children/{path}/logs (none: 503)."""
     scale: Callable[[str, int], Awaitable[dict[str, Any]]] | None = None
     """Start or stop instances of a replicated child (LookupError: not one; ValueError: a bad count)."""
+    cluster: Callable[[], dict[str, Any]] | None = None
+    """The fleet as this node last read it (None: not in a cluster, 404)."""
+    move: Callable[[str, str], Awaitable[None]] | None = None
+    """Ask for a singleton to run on a node (LookupError: not a singleton)."""
     roll: Callable[[str], Awaitable[dict[str, Any]]] | None = None
     """Restart a child's instances one at a time; the result says ``ok`` and, if not, which failed and why."""
 
@@ -291,6 +296,31 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
         audit(request, f"scale {path} to {raw}", "ok")
         return _json({"path": path, "instances": int(raw), **changed})
 
+    async def cluster(_: web.Request) -> web.Response:
+        if state.cluster is None:
+            return _error(404, "this node is not in a cluster (no [cluster] table)")
+        return _json(state.cluster())
+
+    async def cluster_move(request: web.Request) -> web.Response:
+        path, node = request.query.get("path", "").strip("/"), request.query.get("node", "")
+        denied = authorize(request)
+        if denied is not None:
+            audit(request, f"move {path} to {node}", f"denied {denied.status}")
+            return denied
+        if state.move is None:
+            return _error(404, "this node is not in a cluster (no [cluster] table)")
+        if not path or not node:
+            return _error(400, "needs path and node")
+        try:
+            await state.move(path, node)
+        except LookupError as e:
+            return _error(404, str(e.args[0]) if e.args else str(e))
+        except Exception as e:  # noqa: BLE001 - the database did not answer: say so, never a 500
+            audit(request, f"move {path} to {node}", "unavailable")
+            return _error(503, f"the cluster database did not answer ({type(e).__name__})")
+        audit(request, f"move {path} to {node}", "ok")
+        return _json({"path": path, "node": node, "requested": True})
+
     async def reload(request: web.Request) -> web.Response:
         denied = authorize(request)
         if denied is not None:
@@ -333,6 +363,8 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     app.router.add_get("/events", events)
     UI.add_routes(app)
     app.router.add_post("/reload", reload)
+    app.router.add_get("/cluster", cluster)
+    app.router.add_post("/cluster/move", cluster_move)
     app.router.add_post("/health/check", health_check)
     return app
 

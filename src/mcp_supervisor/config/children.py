@@ -21,13 +21,13 @@ from ..core import (
     describe,
 )
 from ..settings import SettingError, kind_of, show
-from .model import LOG_BYTES, LOG_LINES, ChildEntry, WorkerFactory
+from .model import LOG_BYTES, LOG_LINES, ChildEntry, Singleton, WorkerFactory
 from .processes import PROCESS_KEYS, process_specs
 from .reader import Reader, check_keys, numbers
 
 MAX_DEPTH = 64  # supervisors nested in one another
 
-_COMMON = {"id", "restart", "shutdown", "significant", "backoff"}
+_COMMON = {"id", "restart", "shutdown", "significant", "backoff", "singleton", "prefer"}
 SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
 _WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
@@ -102,6 +102,7 @@ def child(
             what = {"worker": "an in-process worker", "command": "an OS process", "children": "a supervisor"}[kind]
             raise ctx.error(f"{key}.{k}", f"not valid for {what} (allowed: {', '.join(sorted(allowed))})")
     path = f"{parent}/{cid}" if parent else cid
+    singleton = _singleton(ctx, table, key)
     table = numbers(table, ("shutdown", "start_timeout"))
     common: dict[str, Any] = {k: table[k] for k in ("id", "restart", "shutdown", "significant") if k in table}
     common["backoff"] = _backoff(ctx, table.get("backoff"), key)
@@ -124,8 +125,10 @@ def child(
                 ctx.secrets.update(v for n, v in s.env.items() if n not in public)  # secret unless listed public
             entries.update(made)
             if replicas is not None:
+                if singleton is not None:
+                    raise ctx.error(f"{key}.singleton", "a child with instances cannot be a singleton")
                 ctx.replicas[path] = replicas
-            return list(specs)
+            return _maybe_singleton(ctx, key, path, specs[0], singleton) if singleton is not None else list(specs)
         else:
             children = table["children"]
             if not isinstance(children, list):
@@ -141,7 +144,43 @@ def child(
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
-    return [spec]
+    return _maybe_singleton(ctx, key, path, spec, singleton) if singleton is not None else [spec]
+
+
+def _singleton(ctx: Reader, table: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+    """``singleton = true`` (and its ``prefer``): the preferred nodes, or None for an ordinary child."""
+    flag = table.get("singleton", False)
+    if not isinstance(flag, bool):
+        raise ctx.error(f"{key}.singleton", f"must be true or false, got {kind_of(flag)}")
+    prefer = table.get("prefer", [])
+    if "prefer" in table and not flag:
+        raise ctx.error(f"{key}.prefer", "applies only to a singleton")
+    if not isinstance(prefer, list) or not all(isinstance(n, str) and n for n in prefer):
+        raise ctx.error(f"{key}.prefer", f"must be an array of node names, got {kind_of(prefer)}")
+    if not flag:
+        return None
+    if ctx.cluster is None:
+        raise ctx.error(f"{key}.singleton", "needs a [cluster] table (the fleet it runs once in)")
+    return tuple(prefer)
+
+
+def _maybe_singleton(ctx: Reader, key: str, path: str, spec: ChildSpec, prefer: tuple[str, ...]) -> list[ChildSpec]:
+    """A singleton is kept out of its supervisor's children until the node holds its lease."""
+    budget = spec.shutdown_timeout
+    lease, heartbeat = ctx.cluster.lease, ctx.cluster.heartbeat
+    if budget is None or budget + heartbeat + stop_margin(lease) >= lease:
+        raise ctx.error(
+            f"{key}.shutdown",
+            f"a singleton must stop well within its lease: shutdown + heartbeat ({heartbeat:g}s) + margin "
+            f"({stop_margin(lease):g}s) must be below cluster.lease ({lease:g}s)",
+        )
+    ctx.singletons[path] = Singleton(path=path, spec=spec, prefer=prefer)
+    return []
+
+
+def stop_margin(lease: float) -> float:
+    """Seconds kept between a singleton's stop and its lease's earliest expiry (the clocks' rates may differ)."""
+    return max(0.5, lease * 0.1)
 
 
 def _worker(  # noqa: PLR0917

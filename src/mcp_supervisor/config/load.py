@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from .model import (
     DEFAULT_ADMIN,
     DEFAULT_CONFIG_PATH,
     ChildEntry,
+    ClusterConfig,
     Config,
     ConfigError,
     DaemonConfig,
@@ -77,6 +79,47 @@ def _sockets(ctx: Reader, value: Any) -> tuple[SocketConfig, ...]:
             raise ctx.error(f"{k}.mode", "applies only to a unix socket")
         out.append(SocketConfig(name=name, listen=listen, backlog=backlog, mode=mode))
     return tuple(out)
+
+
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _cluster(ctx: Reader, table: Any) -> ClusterConfig | None:
+    """``[cluster]``: dsn (or dsn_file), node, lease, heartbeat, schema."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ctx.error("cluster", "must be a table")
+    check_keys(ctx, table, {"dsn", "dsn_file", "node", "lease", "heartbeat", "schema"}, "cluster")
+    if ("dsn" in table) == ("dsn_file" in table):
+        raise ctx.error("cluster", 'needs exactly one of "dsn" or "dsn_file"')
+    if "dsn" in table:
+        dsn = typed(ctx, table, "dsn", str, "cluster") or ""
+    else:
+        path = typed(ctx, table, "dsn_file", str, "cluster") or ""
+        try:
+            dsn = read_small_file(path).strip()
+        except (OSError, ValueError) as e:
+            raise ctx.error("cluster.dsn_file", f"cannot be read ({describe(e)})") from None
+    if not dsn.startswith(("postgres://", "postgresql://")):
+        raise ctx.error("cluster.dsn", "must be a postgresql:// URL")
+    ctx.collect({"dsn": dsn}, "cluster")
+    node = typed(ctx, table, "node", str, "cluster") or socket.gethostname()
+    if not node or len(node) > 200 or not node.isprintable():
+        raise ctx.error("cluster.node", f"must be a printable name of at most 200 characters, got {show('', node)}")
+    nums = numbers(table, ("lease", "heartbeat"))
+    lease = nums.get("lease", 10.0)
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not 1 <= lease <= 3600:
+        raise ctx.error("cluster.lease", f"must be a number of seconds 1..3600, got {show('', lease)}")
+    heartbeat = nums.get("heartbeat", lease / 3)
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0.05 <= heartbeat <= lease / 2:
+        raise ctx.error(
+            "cluster.heartbeat", f"must be 0.05..lease/2 seconds ({lease / 2:g}), got {show('', heartbeat)}"
+        )
+    schema = typed(ctx, table, "schema", str, "cluster") or "mcp_cluster"
+    if not _SCHEMA.fullmatch(schema):
+        raise ctx.error("cluster.schema", f"must be a lower-case SQL identifier, got {show('', schema)}")
+    return ClusterConfig(dsn=dsn, node=node, lease=float(lease), heartbeat=float(heartbeat), schema=schema)
 
 
 def _daemon(ctx: Reader, table: Any) -> DaemonConfig:
@@ -158,9 +201,10 @@ def _parse(ctx: Reader) -> Config:
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(file, "", f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
-    check_keys(ctx, raw, {"daemon", "tree"}, "")
+    check_keys(ctx, raw, {"daemon", "tree", "cluster"}, "")
     data = ctx.expand(raw, "")
     daemon = _daemon(ctx, data.get("daemon"))
+    ctx.cluster = _cluster(ctx, data.get("cluster"))
     ctx.sockets = {s.name for s in daemon.sockets}
     tree = data.get("tree")
     if not isinstance(tree, dict):
@@ -184,6 +228,8 @@ def _parse(ctx: Reader) -> Config:
         tree=spec,
         entries=entries,
         replicas=dict(ctx.replicas),
+        cluster=ctx.cluster,
+        singletons=dict(ctx.singletons),
         secrets=frozenset(ctx.secrets),
         warnings=tuple(ctx.warnings),
     )

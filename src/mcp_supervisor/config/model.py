@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from ..core import ProcessSpec, SupervisorFlags, SupervisorSpec, WorkerFn
+from ..core import ChildSpec, ProcessSpec, SupervisorFlags, SupervisorSpec, WorkerFn
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
 DEFAULT_ADMIN = "127.0.0.1:7080"
@@ -75,6 +75,30 @@ class ReplicaSet:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: this node's place in a fleet sharing one PostgreSQL (fleet singletons, one view)."""
+
+    dsn: str = field(repr=False)
+    node: str
+    lease: float = 10.0
+    heartbeat: float = 10.0 / 3
+    schema: str = "mcp_cluster"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Singleton:
+    """A child with ``singleton = true``: kept out of the tree until this node holds its lease."""
+
+    path: str
+    spec: ChildSpec
+    prefer: tuple[str, ...] = ()
+
+    @property
+    def parent(self) -> str:
+        return self.path.rpartition("/")[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChildEntry:
     """One node of the configured tree with the fingerprint reload compares (spec, command or config changed)."""
 
@@ -95,6 +119,8 @@ class Config:
     tree: SupervisorSpec
     entries: Mapping[str, ChildEntry] = field(default_factory=dict)
     replicas: Mapping[str, ReplicaSet] = field(default_factory=dict)  # by the child's path (no instance suffix)
+    cluster: ClusterConfig | None = None
+    singletons: Mapping[str, Singleton] = field(default_factory=dict)  # by path; not in ``tree`` until leased
     secrets: frozenset[str] = frozenset()
     """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
     warnings: tuple[str, ...] = ()

@@ -62,6 +62,8 @@ class Reader:
         self.secrets: set[str] = set()
         self.sockets: set[str] | None = None  # the [[daemon.sockets]] names children may list (None: not checked)
         self.replicas: dict[str, Any] = {}  # path -> ReplicaSet, as the tree's tables are read
+        self.singletons: dict[str, Any] = {}  # path -> Singleton
+        self.cluster: Any = None  # the [cluster] table's config, read before the tree
         self.warnings: list[str] = []
 
     def secret(self, key: str, value: str) -> None:

@@ -52,7 +52,18 @@ class Host(Protocol):
 class ChildContext:
     """Handed to a worker's ``run(ctx)``. Call :meth:`started` once the worker is usable ("started means ready")."""
 
-    __slots__ = ("_host", "_mailbox", "_names", "_ready", "_stop_deadline", "args", "id", "path", "shutdown_s")
+    __slots__ = (
+        "_host",
+        "_mailbox",
+        "_names",
+        "_ready",
+        "_stop_deadline",
+        "args",
+        "fencing_token",
+        "id",
+        "path",
+        "shutdown_s",
+    )
 
     def __init__(
         self,
@@ -63,8 +74,11 @@ class ChildContext:
         host: Host,
         *,
         shutdown_s: float | None = None,
+        fencing_token: int | None = None,
     ) -> None:
         self.path = path
+        self.fencing_token = fencing_token
+        """The fleet lease's token when this child runs as a singleton (None otherwise): guard writes with it."""
         self.id = child_id
         self.args = args
         self.shutdown_s = shutdown_s

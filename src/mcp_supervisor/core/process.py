@@ -35,7 +35,8 @@ from .specs import RLIMITS, Liveness, ProcessSpec, ReadyCommand, ReadyTCP
 
 _PR_SET_PDEATHSIG = 1
 _MAX_LINE = 64 * 1024
-_SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+_SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
+                "MCP_FENCING_TOKEN")  # fmt: skip
 
 try:
     _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
@@ -161,6 +162,8 @@ def child_env(spec: ProcessSpec) -> dict[str, str]:
     for key in _SCRUBBED_ENV:
         env.pop(key, None)
     env.update(spec.env)
+    if spec.fencing_token is not None:
+        env["MCP_FENCING_TOKEN"] = str(spec.fencing_token)
     return env
 
 

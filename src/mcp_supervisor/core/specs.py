@@ -228,9 +228,15 @@ class _Common:
     shutdown: ShutdownSpec = DEFAULT_WORKER_SHUTDOWN
     significant: bool = False
     backoff: Backoff | None = None
+    fencing_token: int | None = None
+    """Set by whoever grants this incarnation a lease (fleet singletons): workers read ``ctx.fencing_token``, OS
+    processes ``MCP_FENCING_TOKEN``; a store guarding its writes with it refuses an older holder's late writes."""
 
     def _check_common(self) -> None:
         _check_id(self.id)
+        if self.fencing_token is not None and (isinstance(self.fencing_token, bool)
+                                               or not isinstance(self.fencing_token, int)):  # fmt: skip
+            raise SpecError("fencing_token", "must be an integer", self.fencing_token)
         object.__setattr__(self, "restart", _enum(Restart, self.restart, "restart"))
         _check_shutdown(self.shutdown)
         if not isinstance(self.significant, bool):

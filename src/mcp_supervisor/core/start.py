@@ -82,7 +82,10 @@ class Starter:
         child.ready_fut = ready
         spec = child.spec
         args = spec.args if isinstance(spec, WorkerSpec) else ()
-        ctx = ChildContext(child.path, child.id, tuple(args), ready, rt, shutdown_s=spec.shutdown_timeout)
+        ctx = ChildContext(
+            child.path, child.id, tuple(args), ready, rt, shutdown_s=spec.shutdown_timeout,
+            fencing_token=spec.fencing_token,
+        )  # fmt: skip
         child.ctx = ctx
         child.task = loop.create_task(self._main(child, gen, ctx, exit_fut), name=child.path)
         start_timeout = None if isinstance(spec, SupervisorSpec) else spec.start_timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,13 +45,47 @@ class TreeCollector(Collector):
         yield restarts
 
 
+class ClusterCollector(Collector):
+    """The fleet as this node last read it: nodes by liveness, singleton holders, lease renewal failures."""
+
+    def __init__(self, view: Callable[[], tuple[dict[str, Any], int] | None]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        got = self._view()
+        if got is None:
+            return
+        view, failures = got
+        nodes = GaugeMetricFamily("mcp_cluster_nodes", "Nodes of the fleet by state", labels=["state"])
+        live = [n for n in view.get("nodes", []) if isinstance(n, dict) and n.get("live")]
+        total = len(view.get("nodes", []))
+        nodes.add_metric(["live"], float(len(live)))
+        nodes.add_metric(["down"], float(total - len(live)))
+        holder = GaugeMetricFamily("mcp_singleton_holder", "1 for the node holding a singleton's lease",
+                                   labels=["path", "node"])  # fmt: skip
+        for single in view.get("singletons", []):
+            if single.get("holder"):
+                holder.add_metric([single["path"], single["holder"]], 1.0)
+        renew = CounterMetricFamily("mcp_lease_renew_failures", "Heartbeats or lease renewals that failed here")
+        renew.add_metric([], float(failures))
+        yield nodes
+        yield holder
+        yield renew
+
+
 class DaemonMetrics:
     """The daemon's registry: tree state, reloads, watchdog, event drops, build info, process metrics."""
 
-    def __init__(self, status: Callable[[], NodeStatus | None]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], NodeStatus | None],
+        cluster: Callable[[], tuple[dict[str, Any], int] | None] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         self.registry.register(TreeCollector(status))
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster))
         Info("mcp_build", "mcp-supervisor build", registry=self.registry).info({"version": __version__})
         self.reloads = Counter("mcp_config_reloads", "Config reloads by result", ["result"], registry=self.registry)
         self.last_reload_ok = Gauge(

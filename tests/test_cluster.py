@@ -1,0 +1,185 @@
+"""Fleet mode against a private PostgreSQL: three daemons, one singleton OS child writing through its fencing token.
+
+Exactly one node runs it; ``kill -9`` of the holder's daemon and ``SIGSTOP`` past the lease hand it over within the
+bound; the paused holder stops its copy as soon as it wakes and its late writes are refused by the token; with the
+database down every node stops the singleton before its lease could expire while the other children keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.daemon_helpers import Daemon, alive, wait_until
+from tests.services.servers import PgServer
+
+pytestmark = [pytest.mark.realtime, pytest.mark.servers, pytest.mark.timeout(180)]
+
+WRITER = str(Path(__file__).resolve().parents[1] / "examples" / "fenced_writer.py")
+LEASE, HEARTBEAT = 3.0, 0.5
+NAMES = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    server = PgServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def dsn(pg: PgServer) -> str:
+    return f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
+
+
+def toml(pg: PgServer, node: str, schema: str) -> str:
+    return f"""
+[cluster]
+dsn = "{dsn(pg)}"
+node = "{node}"
+lease = {LEASE}
+heartbeat = {HEARTBEAT}
+schema = "{schema}"
+
+[tree]
+intensity = 100
+period = 5
+
+[[tree.children]]
+id = "local"
+command = ["sleep", "1000"]
+
+[[tree.children]]
+id = "writer"
+singleton = true
+shutdown = 0.5
+command = ["{sys.executable}", "{WRITER}", "{dsn(pg)}", "{node}"]
+"""
+
+
+@pytest.fixture
+def fleet(pg: PgServer, tmp_path: Path) -> Iterator[list[Daemon]]:
+    schema = f"fleet_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    asyncio.run(_reset(pg))
+    nodes = []
+    for name in NAMES:
+        (tmp_path / name).mkdir()
+        nodes.append(Daemon(tmp_path / name, toml(pg, name, schema)))
+    for d in nodes:
+        d.wait_ready()
+    yield nodes
+    for d in nodes:
+        if d.proc.poll() is None:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        d.stop()
+
+
+async def _reset(pg: PgServer) -> None:
+    conn = await asyncpg.connect(dsn(pg))
+    await conn.execute("DROP TABLE IF EXISTS fenced, fenced_log")
+    await conn.close()
+
+
+def running(d: Daemon) -> int | None:
+    """The pid of the singleton when it runs on this node."""
+    if d.proc.poll() is not None:
+        return None
+    try:
+        node = d.node("writer")
+    except KeyError:
+        return None
+    return node["pid"] if node["state"] == "running" else None
+
+
+def holders(nodes: list[Daemon]) -> list[Daemon]:
+    return [d for d in nodes if running(d) is not None]
+
+
+def the_holder(nodes: list[Daemon]) -> Daemon:
+    found: Daemon = wait_until(lambda: (h := holders(nodes)) and len(h) == 1 and h[0], what="exactly one holder")
+    return found
+
+
+async def _log(pg: PgServer) -> list[Any]:
+    conn = await asyncpg.connect(dsn(pg))
+    rows = list(await conn.fetch("SELECT node, token, accepted FROM fenced_log ORDER BY at"))
+    await conn.close()
+    return rows
+
+
+def accepted_tokens_never_go_back(pg: PgServer) -> list[Any]:
+    rows = asyncio.run(_log(pg))
+    tokens = [r["token"] for r in rows if r["accepted"]]
+    assert tokens == sorted(tokens), "an older holder's write was accepted after a newer one's"
+    return rows
+
+
+def test_exactly_one_node_runs_the_singleton_and_kill_9_of_its_daemon_fails_over(
+    fleet: list[Daemon], pg: PgServer
+) -> None:
+    first = the_holder(fleet)
+    assert all(d.node("local")["state"] == "running" for d in fleet)
+
+    def view() -> dict[str, Any]:
+        code, doc, _ = fleet[0].request("GET", "/cluster")
+        assert code == 200
+        return doc  # type: ignore[no-any-return]
+
+    wait_until(lambda: {n["node"] for n in view()["nodes"] if n["live"]} == set(NAMES), what="three live nodes")
+    single = next(s for s in view()["singletons"] if s["path"] == "writer")
+    assert single["holder"] == NAMES[fleet.index(first)] and single["running_here"] == (first is fleet[0])
+    token = single["token"]
+    killed_at = time.monotonic()
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait()
+    second = wait_until(lambda: (h := holders([d for d in fleet if d is not first])) and h[0], timeout=30,
+                        what="another node to take over")  # fmt: skip
+    took = time.monotonic() - killed_at
+    assert took < LEASE + 10, f"takeover took {took:.1f}s"
+    assert len(holders(fleet)) == 1
+    wait_until(lambda: any(r["token"] > token for r in asyncio.run(_log(pg))), what="the new holder's writes")
+    accepted_tokens_never_go_back(pg)
+    assert "mcp_singleton_holder" in second.metrics()
+
+
+def test_a_paused_holder_is_replaced_and_stops_its_copy_as_soon_as_it_wakes(fleet: list[Daemon], pg: PgServer) -> None:
+    first = the_holder(fleet)
+    pid = running(first)
+    assert pid is not None
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    others = [d for d in fleet if d is not first]
+    wait_until(lambda: holders(others), timeout=30, what="another node to take over from the paused one")
+    assert alive(pid)  # the paused daemon's child still runs: only its token keeps it from doing harm
+    os.kill(first.proc.pid, signal.SIGCONT)
+    wait_until(lambda: not alive(pid), timeout=10, what="the woken node to stop its copy")
+    assert len(holders(fleet)) == 1
+    rows = accepted_tokens_never_go_back(pg)
+    late = [r for r in rows if not r["accepted"]]
+    assert all(r["token"] < max(x["token"] for x in rows) for r in late)  # refused writes are the old token's
+
+
+def test_with_the_database_down_singletons_stop_and_local_children_keep_running(
+    fleet: list[Daemon], pg: PgServer
+) -> None:
+    holder = the_holder(fleet)
+    locals_before = {id(d): d.node("local")["pid"] for d in fleet}
+    pg.kill()
+    try:
+        stopped_at = wait_until(lambda: not holders(fleet) and time.monotonic(), timeout=LEASE + 10,
+                                what="the singleton stopped everywhere")  # fmt: skip
+        assert stopped_at
+        assert {id(d): d.node("local")["pid"] for d in fleet} == locals_before
+        code, view, _ = holder.request("GET", "/cluster")
+        assert code == 200 and view["connected"] is False and view["error"]
+    finally:
+        pg.start()
+    the_holder(fleet)
