@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -183,3 +184,26 @@ def test_with_the_database_down_singletons_stop_and_local_children_keep_running(
     finally:
         pg.start()
     the_holder(fleet)
+
+
+def test_ctl_shows_the_fleet_and_moves_a_singleton_without_ever_running_two(
+    fleet: list[Daemon], pg: PgServer
+) -> None:
+    first = the_holder(fleet)
+    target = next(d for d in fleet if d is not first)
+    name = NAMES[fleet.index(target)]
+    cli = [sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", target.admin,
+           "--token-file", str(target.token_file)]  # fmt: skip
+    wait_until(lambda: "held by" in subprocess.run([*cli, "cluster", "status"], capture_output=True, text=True,
+                                                   check=True).stdout, what="the singleton in ctl's view")  # fmt: skip
+    out = subprocess.run([*cli, "cluster", "status"], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == f"node {name}: connected"
+    assert f"writer               held by {NAMES[fleet.index(first)]}" in out
+    done = subprocess.run([*cli, "cluster", "move", "writer", name], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 30
+    while running(target) is None:
+        assert len(holders(fleet)) <= 1, "two nodes ran the singleton during a move"
+        assert time.monotonic() < deadline, "the singleton did not move"
+    assert holders(fleet) == [target]
+    accepted_tokens_never_go_back(pg)

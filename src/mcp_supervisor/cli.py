@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "restart":
             rolling = "replace a replicated child's instances one at a time, each ready before the next"
             a.add_argument("--rolling", action="store_true", help=rolling)
+    cl = actions.add_parser("cluster", help="the fleet (nodes, singletons and their holders), or move a singleton")
+    cl_actions = cl.add_subparsers(dest="cluster_action", required=True)
+    cl_status = cl_actions.add_parser("status", help="nodes with heartbeat and liveness, singletons with holder")
+    cl_status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    cl_move = cl_actions.add_parser("move", help="ask for the singleton at PATH to run on NODE")
+    cl_move.add_argument("path")
+    cl_move.add_argument("node")
     sc = actions.add_parser("scale", help="run N instances of the replicated child at PATH (until the next reload)")
     sc.add_argument("path")
     sc.add_argument("instances", type=int)

@@ -132,6 +132,11 @@ async def simple(admin: Admin, args: argparse.Namespace) -> int:
         method, url = "POST", f"/children/{quote(args.path.strip('/'), safe='/')}/{args.action}"
         if args.action == "restart" and args.rolling:
             url += "?rolling=1"
+    elif args.action == "cluster" and args.cluster_action == "status":
+        url = "/cluster"
+    elif args.action == "cluster":
+        query = f"path={quote(args.path.strip('/'), safe='')}&node={quote(args.node, safe='')}"
+        method, url = "POST", f"/cluster/move?{query}"
     elif args.action == "scale":
         method, url = "POST", f"/children/{quote(args.path.strip('/'), safe='/')}/scale?instances={args.instances}"
     elif args.action == "reload":
@@ -152,6 +157,8 @@ async def simple(admin: Admin, args: argparse.Namespace) -> int:
         return EXIT_CONFIG if args.action == "reload" and status == 422 else 1
     if args.action == "status" and not args.json:
         print(render_tree(body, colour_on(sys.stdout)))
+    elif args.action == "cluster" and args.cluster_action == "status" and not args.json:
+        print(render_cluster(body))
     elif args.action == "reload" and isinstance(body, dict) and "changes" in body:
         changes = body["changes"] or [{"path": "-", "change": "nothing changed"}]
         for c in changes:
@@ -159,6 +166,23 @@ async def simple(admin: Admin, args: argparse.Namespace) -> int:
     else:
         print(json.dumps(body, indent=2))
     return 0
+
+
+def render_cluster(view: dict[str, Any]) -> str:
+    """``ctl cluster status``: one line per node and per singleton."""
+    now = time.time()
+    lines = [f"node {view['node']}: " + ("connected" if view.get("connected") else f"database: {view.get('error')}")]
+    for n in view.get("nodes", []):
+        state, st = ("live" if n.get("live") else "down"), n["status"]
+        ago = max(0.0, now - n["heartbeat_at"])
+        running = f"{st.get('running', '?')}/{st.get('children', '?')} running"
+        lines.append(f"  {n['node']:<20} {state:<5} heartbeat {ago:.1f}s ago  {running}  {n['admin']}")
+    for single in view.get("singletons", []):
+        holder = single.get("holder") or "nobody"
+        lines.append(f"  {single['path']:<20} held by {holder} (token {single['token']}, "
+                     f"since {max(0.0, now - single['since']):.0f}s)"
+                     + (f", moving to {single['wanted']}" if single.get("wanted") else ""))  # fmt: skip
+    return "\n".join(lines)
 
 
 # -- logs ------------------------------------------------------------------------------------------------------

@@ -135,6 +135,36 @@ OPENAPI: dict[str, Any] = {
                                 "before the next old one stops; 409 names the instance that failed"},
             ],
         )},
+        "/cluster": {"get": _op(
+            "the fleet as this node last read it: nodes with heartbeat and liveness, singletons with holder and token",
+            {
+                "200": _json({"type": "object", "required": ["node", "connected", "nodes", "singletons"],
+                              "properties": {"node": {"type": "string"}, "connected": {"type": "boolean"},
+                                             "error": {"type": ["string", "null"]},
+                                             "read_at": {"type": ["number", "null"]},
+                                             "nodes": {"type": "array", "items": {"type": "object"}},
+                                             "singletons": {"type": "array", "items": {"type": "object"}}}},
+                             "the fleet"),
+                "404": _err("this node is not in a cluster"),
+            },
+        )},
+        "/cluster/move": {"post": _op(
+            "ask for the singleton at path to run on node: its holder hands it over at its next heartbeat",
+            {
+                "200": _json({"type": "object", "required": ["path", "node", "requested"],
+                              "properties": {"path": {"type": "string"}, "node": {"type": "string"},
+                                             "requested": {"type": "boolean"}}}, "requested"),
+                "400": _err("path or node missing"),
+                "404": _err("not in a cluster, or not a singleton"),
+                "503": _err("the cluster database did not answer"),
+                **_AUTH,
+            },
+            security=[{"bearer": []}],
+            parameters=[
+                {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "node", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+        )},
         "/children/{path}/scale": {"post": _op(
             "run N instances of the replicated child at path (until the next reload applies the file's)",
             {

@@ -104,7 +104,8 @@ def _cluster(ctx: Reader, table: Any) -> ClusterConfig | None:
     if not dsn.startswith(("postgres://", "postgresql://")):
         raise ctx.error("cluster.dsn", "must be a postgresql:// URL")
     ctx.collect({"dsn": dsn}, "cluster")
-    node = typed(ctx, table, "node", str, "cluster") or socket.gethostname()
+    node = typed(ctx, table, "node", str, "cluster")
+    node = socket.gethostname() if node is None else node
     if not node or len(node) > 200 or not node.isprintable():
         raise ctx.error("cluster.node", f"must be a printable name of at most 200 characters, got {show('', node)}")
     nums = numbers(table, ("lease", "heartbeat"))
