@@ -186,9 +186,7 @@ def test_with_the_database_down_singletons_stop_and_local_children_keep_running(
     the_holder(fleet)
 
 
-def test_ctl_shows_the_fleet_and_moves_a_singleton_without_ever_running_two(
-    fleet: list[Daemon], pg: PgServer
-) -> None:
+def test_ctl_shows_the_fleet_and_moves_a_singleton_without_ever_running_two(fleet: list[Daemon], pg: PgServer) -> None:
     first = the_holder(fleet)
     target = next(d for d in fleet if d is not first)
     name = NAMES[fleet.index(target)]
