@@ -181,6 +181,8 @@ def test_with_the_database_down_singletons_stop_and_local_children_keep_running(
         assert {id(d): d.node("local")["pid"] for d in fleet} == locals_before
         code, view, _ = holder.request("GET", "/cluster")
         assert code == 200 and view["connected"] is False and view["error"]
+        code, ready, _ = holder.request("GET", "/readyz")
+        assert code == 200 and ready["cluster"].startswith("database unreachable: ")
     finally:
         pg.start()
     the_holder(fleet)

@@ -35,7 +35,15 @@ _COUNT = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 _PASS_FAIL = {
     "type": "object",
     "required": ["status"],
-    "properties": {"status": {"enum": ["pass", "fail"]}, "output": {"type": "string"}},
+    "properties": {
+        "status": {"enum": ["pass", "fail"]},
+        "output": {"type": "string"},
+        "cluster": {
+            "type": "string",
+            "description": "fleet mode: connected, or why the database is "
+            "unreachable (singletons stopped, local children run)",
+        },
+    },
 }
 
 

@@ -176,7 +176,11 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
             return _json({"status": "fail", "output": "draining"}, 503)
         monitor = state.find_health()
         ok = tree_ready(state.tree.status()) if monitor is None else monitor.ready()
-        return _json({"status": "pass" if ok else "fail"}, 200 if ok else 503)
+        doc: dict[str, Any] = {"status": "pass" if ok else "fail"}
+        if state.cluster is not None:  # local children run on; the fleet's singletons wait for the database
+            view = state.cluster()
+            doc["cluster"] = "connected" if view["connected"] else f"database unreachable: {view['error']}"
+        return _json(doc, 200 if ok else 503)
 
     async def health(_: web.Request) -> web.Response:
         monitor = state.find_health()
