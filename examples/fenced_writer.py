@@ -27,21 +27,33 @@ CREATE TABLE IF NOT EXISTS fenced_log (node text, token bigint, at timestamptz D
 
 async def main(dsn: str, node: str) -> None:
     token = int(os.environ["MCP_FENCING_TOKEN"])
-    conn = await asyncpg.connect(dsn)
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(42)")
-        await conn.execute(SCHEMA)
     print(f"writing as {node} with token {token}", flush=True)
     while True:
+        try:
+            await write(dsn, node, token)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            print(f"the database does not answer ({type(e).__name__}); retrying", flush=True)
+            await asyncio.sleep(0.2)
+
+
+async def write(dsn: str, node: str, token: int) -> None:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
         async with conn.transaction():
-            done = await conn.fetchval(
-                "UPDATE fenced SET fencing_token = $1, node = $2, writes = writes + 1"
-                " WHERE k = 1 AND fencing_token <= $1 RETURNING writes",
-                token, node,
-            )  # fmt: skip
-            await conn.execute("INSERT INTO fenced_log (node, token, accepted) VALUES ($1, $2, $3)",
-                               node, token, done is not None)  # fmt: skip
-        await asyncio.sleep(0.05)
+            await conn.execute("SELECT pg_advisory_xact_lock(42)")
+            await conn.execute(SCHEMA)
+        while True:
+            async with conn.transaction():
+                done = await conn.fetchval(
+                    "UPDATE fenced SET fencing_token = $1, node = $2, writes = writes + 1"
+                    " WHERE k = 1 AND fencing_token <= $1 RETURNING writes",
+                    token, node,
+                )  # fmt: skip
+                await conn.execute("INSERT INTO fenced_log (node, token, accepted) VALUES ($1, $2, $3)",
+                                   node, token, done is not None)  # fmt: skip
+            await asyncio.sleep(0.05)
+    finally:
+        conn.terminate()
 
 
 if __name__ == "__main__":

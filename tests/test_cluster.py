@@ -8,7 +8,9 @@ database down every node stops the singleton before its lease could expire while
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -207,3 +209,83 @@ def test_ctl_shows_the_fleet_and_moves_a_singleton_without_ever_running_two(flee
         assert time.monotonic() < deadline, "the singleton did not move"
     assert holders(fleet) == [target]
     accepted_tokens_never_go_back(pg)
+
+
+CHAOS_SECONDS = 40.0
+
+
+@pytest.mark.timeout(300)
+def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_write(pg: PgServer, tmp_path: Path) -> None:
+    """Random kill -9, SIGSTOP past the lease and PostgreSQL restarts for a bounded time; afterwards the writes prove
+    that no two holders ever wrote with valid tokens at once, and that each outage of the singleton was bounded."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    schema = f"chaos_{os.getpid()}_{seed % 10**6}"
+    asyncio.run(_reset(pg))
+    nodes: dict[str, Daemon] = {}
+
+    def launch(name: str) -> None:
+        where = tmp_path / f"{name}-{time.monotonic_ns()}"
+        where.mkdir()
+        nodes[name] = Daemon(where, toml(pg, name, schema))
+        nodes[name].wait_ready()
+
+    for name in NAMES:
+        launch(name)
+    outages: list[tuple[float, float]] = []  # wall-clock windows with the database down
+    actions: list[str] = []
+    try:
+        the_holder(list(nodes.values()))
+        end = time.monotonic() + CHAOS_SECONDS
+        while time.monotonic() < end:
+            action, name = rng.choice(["kill", "pause", "database"]), rng.choice(NAMES)
+            actions.append(f"{action} {name}")
+            if action == "kill":
+                nodes[name].proc.kill()
+                nodes[name].stop()
+                launch(name)
+            elif action == "pause":
+                os.kill(nodes[name].proc.pid, signal.SIGSTOP)
+                time.sleep(LEASE * rng.uniform(0.5, 2.0))  # the pause itself is the fault being injected
+                os.kill(nodes[name].proc.pid, signal.SIGCONT)
+            else:
+                began = time.time()
+                pg.kill()
+                time.sleep(rng.uniform(0.5, 3.0))  # the outage's length is the fault being injected
+                pg.start()
+                outages.append((began, time.time()))
+            time.sleep(rng.uniform(0.5, 2.0))  # time between faults, part of the scenario
+        the_holder(list(nodes.values()))
+        settled = len(asyncio.run(_timed_log(pg)))
+        wait_until(lambda: len(asyncio.run(_timed_log(pg))) > settled + 5, what="the settled holder's writes")
+        rows = asyncio.run(_timed_log(pg))
+    finally:
+        for d in nodes.values():
+            if d.proc.poll() is None:
+                os.kill(d.proc.pid, signal.SIGCONT)
+            d.stop()
+    context = f"seed {seed}, actions {actions}"
+    accepted = [(r["token"], r["at"]) for r in rows if r["accepted"]]
+    assert accepted, context
+    tokens = [t for t, _ in accepted]
+    assert tokens == sorted(tokens), f"an older holder's write was accepted after a newer one's ({context})"
+    spans: dict[int, tuple[float, float]] = {}
+    for token, at in accepted:
+        first, _ = spans.get(token, (at, at))
+        spans[token] = (first, at)
+    ordered = sorted(spans.values())
+    for (_, end1), (start2, _) in itertools.pairwise(ordered):
+        assert end1 <= start2, f"two tokens' accepted writes overlap ({context})"
+    bound = LEASE + 2 * HEARTBEAT + 5.0  # lease, a heartbeat to notice, the writer's start, a busy machine's slack
+    for (_, a), (_, b) in itertools.pairwise(accepted):
+        near_outage = any(a <= end + LEASE + 5 and b >= began for began, end in outages)
+        if not near_outage:
+            assert b - a <= bound, f"the singleton was down {b - a:.1f}s > {bound:.1f}s ({context})"
+
+
+async def _timed_log(pg: PgServer) -> list[Any]:
+    conn = await asyncpg.connect(dsn(pg))
+    rows = list(await conn.fetch("SELECT token, extract(epoch FROM at)::float8 AS at, accepted FROM fenced_log"
+                                 " ORDER BY at"))  # fmt: skip
+    await conn.close()
+    return rows
