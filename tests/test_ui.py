@@ -207,3 +207,45 @@ def test_a_forged_cross_origin_post_is_refused(browser: Any, daemon: Daemon) -> 
         server.server_close()
     after = daemon.node("web")
     assert (after["pid"], after["restarts"], after["state"]) == (before["pid"], before["restarts"], "running")
+
+
+def test_in_fleet_mode_the_page_shows_the_nodes_and_the_singletons_holder(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.services.servers import PgServer
+
+    pg = PgServer()
+    pg.start()
+    d = Daemon(tmp_path_factory.mktemp("fleet-ui"), f"""
+[cluster]
+dsn = "postgresql://postgres@127.0.0.1:{pg.port}/postgres"
+node = "ui-node"
+lease = 3
+heartbeat = 0.5
+
+[tree]
+[[tree.children]]
+id = "web"
+command = ["sleep", "100000"]
+
+[[tree.children]]
+id = "cron"
+singleton = true
+shutdown = 0.5
+command = ["sleep", "100000"]
+""")  # fmt: skip
+    try:
+        d.wait_ready()
+        p = Page(browser, d)
+        try:
+            p.wait("!document.getElementById('fleet-panel').hidden")
+            p.wait("document.querySelector('#fleet tbody tr[data-node=\"ui-node\"]') !== null")
+            p.wait("(document.querySelector('#singletons li[data-path=\"cron\"]') || {}).textContent"
+                   " === 'cron: held by ui-node (token 1)'")  # fmt: skip
+            assert "live" in p.page.inner_text("#fleet tbody tr[data-node='ui-node']")
+            assert p.problems == []
+        finally:
+            p.close()
+    finally:
+        d.stop()
+        pg.cleanup()

@@ -92,6 +92,7 @@ OPENAPI: dict[str, Any] = {
                                      "description": "descendants that left the process group (setsid)"},
                     "next_restart_at": {"type": "number"},
                     "strategy": {"type": "string"},
+                    "fleet": {"type": "boolean", "description": "the root only: true in fleet mode (GET /cluster)"},
                     "isolation": {"enum": ["cgroup", "process-group"],
                                   "description": "the root only: how OS children are contained and stopped (a "
                                                  "cgroup v2 each in a delegated subtree, else their process group)"},

@@ -165,6 +165,7 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         doc = state.tree.status().as_dict()
         doc["isolation"] = state.tree.isolation
+        doc["fleet"] = state.cluster is not None
         return _json(doc)
 
     async def livez(_: web.Request) -> web.Response:

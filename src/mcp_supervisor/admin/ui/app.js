@@ -15,6 +15,7 @@ const state = {
   selected: null,        // the child whose output is shown
   logSource: null,
   refreshTimer: null,
+  fleetTimer: null,      // fleet mode: /cluster is read every 2 s
 };
 
 const $ = (id) => document.getElementById(id);
@@ -118,6 +119,33 @@ async function refreshStatus() {
   state.status = await resp.json();
   state.fetchedAt = Date.now();
   renderTree();
+  if (state.status.fleet && !state.fleetTimer) refreshFleet();
+}
+
+// -- the fleet (fleet mode only: /status says so) ------------------------------------------------------------
+async function refreshFleet() {
+  state.fleetTimer = setTimeout(refreshFleet, 2000);  // the fleet is read from the database every heartbeat
+  const resp = await fetch("/cluster", { cache: "no-store" });
+  if (!resp.ok) return;
+  const view = await resp.json();
+  const now = Date.now() / 1000;
+  $("fleet-panel").hidden = false;
+  $("fleet-conn").textContent = view.connected ? `(this node: ${view.node})` : `(database unreachable: ${view.error})`;
+  $("fleet-conn").className = view.connected ? "" : "check-fail";
+  const rows = view.nodes.map((n) => {
+    const tr = el("tr");
+    tr.dataset.node = n.node;
+    tr.append(el("td", n.node), el("td", n.live ? "live" : "down", n.live ? "state-running" : "state-stopped"),
+      el("td", `${duration(Math.max(0, now - n.heartbeat_at))} ago`),
+      el("td", `${n.status.running ?? "?"}/${n.status.children ?? "?"} running`), el("td", n.admin));
+    return tr;
+  });
+  document.querySelector("#fleet tbody").replaceChildren(...rows);
+  $("singletons").replaceChildren(...view.singletons.map((s) => {
+    const li = el("li", `${s.path}: ${s.holder ? "held by " + s.holder : "not held"} (token ${s.token})`);
+    li.dataset.path = s.path;
+    return li;
+  }));
 }
 
 async function refreshHealth() {
