@@ -55,6 +55,7 @@ class Daemon:
         token_value: str = TOKEN,
         separate_stderr: bool = False,
         prefix: tuple[str, ...] = (),
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         """``prefix``: a command the daemon's command line is appended to (it must exec it)."""
         self.tmp = tmp
@@ -82,6 +83,7 @@ class Daemon:
             stderr=self._err if self._err is not None else subprocess.STDOUT,
             env=env_all,
             cwd=tmp,
+            pass_fds=pass_fds,
         )
 
     def write(self, tree_toml: str) -> None:

@@ -4,6 +4,7 @@ under a real load loop on loopback."""
 from __future__ import annotations
 
 import http.client
+import socket
 import subprocess
 import sys
 import threading
@@ -208,3 +209,26 @@ def test_a_child_naming_an_undeclared_socket_is_a_config_error(tmp_path: Path) -
         assert "tree.children[0].sockets[0]: 'web' is not a [[daemon.sockets]] name" in d.log_text()
     finally:
         d.stop()
+
+
+def test_a_socket_activated_daemon_takes_its_socket_from_systemd(daemons: list[Daemon], tmp_path: Path) -> None:
+    """As systemd would: the listening socket at fd 3 with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID = our pid."""
+    inherited = socket.socket()
+    inherited.bind(("127.0.0.1", 0))
+    inherited.listen(16)
+    port = inherited.getsockname()[1]
+    unused = free_port()  # what the config says: not bound, since systemd's socket of that name is used
+    fd = inherited.fileno()
+    moves = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "
+    activate = ("bash", "-c", f'{moves}export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web; exec "$@"', "activate")
+    d = Daemon(tmp_path, server_toml(unused, held=True, tmp=tmp_path), prefix=activate, pass_fds=(fd,))
+    daemons.append(d)
+    inherited.close()  # the daemon holds it now
+    d.wait_ready()
+    pid = d.node("web")["pid"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/")
+    assert conn.getresponse().read().decode() == str(pid)
+    conn.close()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", unused)) != 0  # nothing bound the configured address
