@@ -44,7 +44,7 @@ def dsn(pg: PgServer) -> str:
     return f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
 
 
-def toml(pg: PgServer, node: str, schema: str) -> str:
+def toml(pg: PgServer, node: str, schema: str, prefer: str = "") -> str:
     return f"""
 [cluster]
 dsn = "{dsn(pg)}"
@@ -66,17 +66,18 @@ id = "writer"
 singleton = true
 shutdown = 0.5
 command = ["{sys.executable}", "{WRITER}", "{dsn(pg)}", "{node}"]
-"""
+{prefer}"""
 
 
 @pytest.fixture
-def fleet(pg: PgServer, tmp_path: Path) -> Iterator[list[Daemon]]:
+def fleet(pg: PgServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Daemon]]:
     schema = f"fleet_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    prefer = getattr(request, "param", "")
     asyncio.run(_reset(pg))
     nodes = []
     for name in NAMES:
         (tmp_path / name).mkdir()
-        nodes.append(Daemon(tmp_path / name, toml(pg, name, schema)))
+        nodes.append(Daemon(tmp_path / name, toml(pg, name, schema, prefer)))
     for d in nodes:
         d.wait_ready()
     yield nodes
@@ -208,6 +209,64 @@ def test_ctl_shows_the_fleet_and_moves_a_singleton_without_ever_running_two(flee
         assert len(holders(fleet)) <= 1, "two nodes ran the singleton during a move"
         assert time.monotonic() < deadline, "the singleton did not move"
     assert holders(fleet) == [target]
+    accepted_tokens_never_go_back(pg)
+
+
+def test_the_holder_s_database_connection_killed_by_the_server_changes_nothing(
+    fleet: list[Daemon], pg: PgServer
+) -> None:
+    first = the_holder(fleet)
+    pid = running(first)
+    name = NAMES[fleet.index(first)]
+    killed = asyncio.run(_terminate_backends(pg, f"mcp-supervisor cluster {name}"))
+    assert killed == 1
+    # the agent sees its connection closed and opens another at its next heartbeat, renewing in time
+    wait_until(lambda: asyncio.run(_backends(pg, f"mcp-supervisor cluster {name}")) == 1, what="a reconnection")
+    token = next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer")
+    renewed = time.monotonic()
+    wait_until(lambda: time.monotonic() - renewed > LEASE and running(first) == pid, timeout=LEASE + 10,
+               what="a whole lease later, still the same process")  # fmt: skip
+    assert holders(fleet) == [first]
+    assert next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer") == token
+
+
+async def _terminate_backends(pg: PgServer, application: str) -> int:
+    conn = await asyncpg.connect(dsn(pg))
+    try:
+        rows = await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                                application)  # fmt: skip
+        return len(rows)
+    finally:
+        await conn.close()
+
+
+async def _backends(pg: PgServer, application: str) -> int:
+    conn = await asyncpg.connect(dsn(pg))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                                       application))  # fmt: skip
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("fleet", ['prefer = ["c"]\n'], indirect=True)
+def test_a_preferred_node_gets_the_singleton_back_when_it_returns(fleet: list[Daemon], pg: PgServer) -> None:
+    c = fleet[2]
+    wait_until(lambda: holders(fleet) == [c], what="the preferred node to hold it")
+    os.kill(c.proc.pid, signal.SIGKILL)
+    c.proc.wait()
+    wait_until(lambda: holders(fleet[:2]), timeout=30, what="a takeover while the preferred node is down")
+    c.stop()
+    where = c.tmp.parent / "c-again"
+    where.mkdir()
+    d = Daemon(where, c.config.read_text().split("\n\n", 1)[1])
+    fleet[2] = d
+    d.wait_ready()
+    deadline = time.monotonic() + 60
+    while running(d) is None:
+        assert len(holders(fleet)) <= 1, "two nodes ran the singleton during the hand-back"
+        assert time.monotonic() < deadline, "the singleton did not come back to the preferred node"
+    assert holders(fleet) == [d]
     accepted_tokens_never_go_back(pg)
 
 

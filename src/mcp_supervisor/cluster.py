@@ -147,7 +147,11 @@ class ClusterAgent:
     # -- one heartbeat -------------------------------------------------------------------------------------------
     async def _connect(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            conn = await asyncpg.connect(self.cfg.dsn, timeout=self.cfg.heartbeat)
+            conn = await asyncpg.connect(
+                self.cfg.dsn,
+                timeout=self.cfg.heartbeat,
+                server_settings={"application_name": f"mcp-supervisor cluster {self.cfg.node}"[:63]},
+            )
             try:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"mcp_cluster:{self._s}")
