@@ -105,26 +105,25 @@ def instance_pids(d: Daemon, n: int) -> dict[str, int]:
     return {f"web#{i}": d.node(f"web#{i}")["pid"] for i in range(n)}
 
 
-def test_restarts_behind_a_held_socket_fail_no_request(daemons: list[Daemon], tmp_path: Path) -> None:
+def ten_restarts_under_load(daemons: list[Daemon], tmp_path: Path, *, held: bool) -> Load:
     port = free_port()
-    d = start(daemons, tmp_path, server_toml(port, held=True, tmp=tmp_path))
+    d = start(daemons, tmp_path, server_toml(port, held=held, tmp=tmp_path))
     with Load(port) as load:
         for _ in range(10):
             code, doc = restart(d, "web")
             assert code == 200, doc
             load.more(3)
+    return load
+
+
+def test_restarts_behind_a_held_socket_fail_no_request(daemons: list[Daemon], tmp_path: Path) -> None:
+    load = ten_restarts_under_load(daemons, tmp_path, held=True)
     assert load.failed == [] and load.ok >= 30
     assert len(load.pids) >= 10  # every incarnation answered some
 
 
 def test_the_same_restarts_without_a_held_socket_refuse_requests(daemons: list[Daemon], tmp_path: Path) -> None:
-    port = free_port()
-    d = start(daemons, tmp_path, server_toml(port, held=False, tmp=tmp_path))
-    with Load(port) as load:
-        for _ in range(10):
-            code, doc = restart(d, "web")
-            assert code == 200, doc
-            load.more(3)
+    load = ten_restarts_under_load(daemons, tmp_path, held=False)
     assert load.failed, "without a held socket a restart must refuse some connections (the test can fail)"
     assert set(load.failed) <= {"ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected"}
 

@@ -539,24 +539,28 @@ async def _tcp_ready(ready: ReadyTCP, proc: OsProcess) -> bool:
     return False
 
 
+async def _check_command(command: Sequence[str], spec: ProcessSpec, proc: OsProcess, bus: EventBus, what: str) -> int:
+    """Run a check command in the child's environment (its own session, output discarded); its exit code."""
+    check = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once; exit is awaited via pidfd
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(spec),
+        cwd=spec.cwd,
+        start_new_session=True,
+        close_fds=True,
+    )
+    checker = OsProcess(check, f"{proc.path}#{what}", bus, None)
+    try:
+        return await checker.exited
+    finally:
+        checker.kill_now()  # a no-op once it exited; kills it when the caller gave up (timeout, cancel)
+
+
 async def _command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec, bus: EventBus) -> bool:
     while not proc.exited.done():
-        check = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once; exit is awaited via pidfd
-            ready.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env(spec),
-            cwd=spec.cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
-        checker = OsProcess(check, proc.path + "#ready", bus, None)
-        try:
-            code = await checker.exited
-        except BaseException:
-            checker.kill_now()
-            raise
+        code = await _check_command(ready.command, spec, proc, bus, "ready")
         if code == 0:
             return True
         if await wait_done(None, proc.exited, ready.interval):
@@ -632,21 +636,7 @@ async def _check(live: Liveness, proc: OsProcess, spec: ProcessSpec, bus: EventB
                 writer.close()
                 return None
             assert live.command is not None
-            check = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once; exit is awaited via pidfd
-                live.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=child_env(spec),
-                cwd=spec.cwd,
-                start_new_session=True,
-                close_fds=True,
-            )
-            checker = OsProcess(check, proc.path + "#live", bus, None)
-            try:
-                code = await checker.exited
-            finally:
-                checker.kill_now()
+            code = await _check_command(live.command, spec, proc, bus, "live")
             return None if code == 0 else f"command exited with {code}"
     except TimeoutError:
         return f"no answer within {live.timeout:g}s"
