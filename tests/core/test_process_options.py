@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mcp_supervisor.core import (
+    ChildContext,
     ChildExited,
     ChildStarted,
     FailedToStartChild,
@@ -24,6 +25,7 @@ from mcp_supervisor.core import (
     SupervisorFlags,
     SupervisorSpec,
     Tree,
+    WorkerSpec,
 )
 from mcp_supervisor.core.process import resident_bytes
 from tests.helpers import Recorder, until
@@ -206,3 +208,23 @@ async def test_a_failing_liveness_check_restarts_the_child_as_abnormal(tmp_path:
         sick.unlink()
         await rec.wait(lambda e: isinstance(e, ChildStarted) and e.restarts == 1)
         assert tree.child("web").pid != first
+
+
+async def test_a_fencing_token_reaches_workers_and_os_processes() -> None:
+    seen: list[int | None] = []
+
+    async def worker(ctx: ChildContext) -> None:
+        seen.append(ctx.fencing_token)
+        ctx.started()
+        await asyncio.Event().wait()
+
+    spec_p = ProcessSpec(id="p", command=["sh", "-c", 'echo "token=$MCP_FENCING_TOKEN"; exec sleep 1000'],
+                         fencing_token=7)  # fmt: skip
+    tree = Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="w", run=worker, fencing_token=7), spec_p,
+                                                    WorkerSpec(id="plain", run=worker)]))  # fmt: skip
+    rec = Recorder(tree.bus)
+    async with tree:
+        assert await output(rec, "p", "token=") == "token=7"
+        assert seen == [7, None]
+    with pytest.raises(SpecError, match="fencing_token"):
+        WorkerSpec(id="w", run=worker, fencing_token="7")  # type: ignore[arg-type]
