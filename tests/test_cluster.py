@@ -8,6 +8,7 @@ database down every node stops the singleton before its lease could expire while
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import random
@@ -270,10 +271,10 @@ def test_a_preferred_node_gets_the_singleton_back_when_it_returns(fleet: list[Da
     accepted_tokens_never_go_back(pg)
 
 
-CHAOS_SECONDS = 40.0
+CHAOS_SECONDS = float(os.environ.get("MCP_CHAOS_SECONDS", "40"))  # e.g. 180 for the issue's 3-minute run
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(CHAOS_SECONDS * 2 + 240)
 def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_write(pg: PgServer, tmp_path: Path) -> None:
     """Random kill -9, SIGSTOP past the lease and PostgreSQL restarts for a bounded time; afterwards the writes prove
     that no two holders ever wrote with valid tokens at once, and that each outage of the singleton was bounded."""
@@ -336,10 +337,17 @@ def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_writ
     for (_, end1), (start2, _) in itertools.pairwise(ordered):
         assert end1 <= start2, f"two tokens' accepted writes overlap ({context})"
     bound = LEASE + 2 * HEARTBEAT + 5.0  # lease, a heartbeat to notice, the writer's start, a busy machine's slack
+    longest = 0.0
     for (_, a), (_, b) in itertools.pairwise(accepted):
         near_outage = any(a <= end + LEASE + 5 and b >= began for began, end in outages)
         if not near_outage:
             assert b - a <= bound, f"the singleton was down {b - a:.1f}s > {bound:.1f}s ({context})"
+            longest = max(longest, b - a)
+    kinds = collections.Counter(a.split()[0] for a in actions)
+    print(
+        f"chaos: seed {seed}, {dict(kinds)}, {len(spans)} holders (tokens), {len(accepted)} accepted and "
+        f"{len(rows) - len(accepted)} refused writes, longest outage outside database restarts {longest:.2f}s"
+    )
 
 
 async def _timed_log(pg: PgServer) -> list[Any]:
