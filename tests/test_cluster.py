@@ -356,3 +356,21 @@ async def _timed_log(pg: PgServer) -> list[Any]:
                                  " ORDER BY at"))  # fmt: skip
     await conn.close()
     return rows
+
+
+def test_a_reload_leaves_a_running_singleton_alone_unless_its_table_changed(fleet: list[Daemon], pg: PgServer) -> None:
+    holder = the_holder(fleet)
+    pid = running(holder)
+    assert pid is not None
+    code, doc, _ = holder.request("POST", "/reload?wait=1")
+    assert code == 200 and doc["ok"] and doc["changes"] == [], doc
+    assert running(holder) == pid and alive(pid)
+    token = max(r["token"] for r in asyncio.run(_log(pg)))
+    for d in fleet:  # the same new setting on every node
+        d.config.write_text(d.config.read_text().replace("shutdown = 0.5\n", 'shutdown = 0.5\nenv = { GEN = "2" }\n'))
+        code, doc, _ = d.request("POST", "/reload?wait=1")
+        assert code == 200 and doc["ok"], doc
+    wait_until(lambda: not alive(pid), what="the old singleton stopped")
+    wait_until(lambda: any(r["token"] > token for r in asyncio.run(_log(pg))), what="the new one writing")
+    assert len(holders(fleet)) == 1
+    accepted_tokens_never_go_back(pg)

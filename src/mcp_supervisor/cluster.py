@@ -95,6 +95,7 @@ class ClusterAgent:
         self.log = log
         self._summary = summary or (lambda: {})
         self._conn: asyncpg.Connection | None = None
+        self._db = asyncio.Lock()  # one statement at a time on the connection (heartbeat, stops, moves)
         self._held: dict[str, _Held] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_at = time.time()
@@ -141,11 +142,20 @@ class ClusterAgent:
         """After a reload: singletons removed or changed stop (a changed one is taken again with its new spec)."""
         old, self.singletons = self.singletons, dict(singletons)
         for path in list(self._held):
-            if path not in self.singletons or old.get(path) != self.singletons[path]:
+            before, after = old.get(path), self.singletons.get(path)
+            if (
+                after is None
+                or before is None
+                or (before.fingerprint, before.prefer) != (after.fingerprint, after.prefer)
+            ):
                 self._spawn(self._stop(path, "its config changed"))
 
     # -- one heartbeat -------------------------------------------------------------------------------------------
     async def _connect(self) -> asyncpg.Connection:
+        async with self._db:
+            return await self._connect_locked()
+
+    async def _connect_locked(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             conn = await asyncpg.connect(
                 self.cfg.dsn,
@@ -171,8 +181,9 @@ class ClusterAgent:
                 conn.terminate()
 
     async def _q(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
-        self.statements += 1
-        return list(await conn.fetch(sql.format(s=self._s), *args, timeout=self.cfg.heartbeat))
+        async with self._db:
+            self.statements += 1
+            return list(await conn.fetch(sql.format(s=self._s), *args, timeout=self.cfg.heartbeat))
 
     async def _round(self) -> None:
         loop = asyncio.get_running_loop()

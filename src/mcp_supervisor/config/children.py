@@ -128,7 +128,9 @@ def child(
                 if singleton is not None:
                     raise ctx.error(f"{key}.singleton", "a child with instances cannot be a singleton")
                 ctx.replicas[path] = replicas
-            return _maybe_singleton(ctx, key, path, specs[0], singleton) if singleton is not None else list(specs)
+            if singleton is not None:
+                return _maybe_singleton(ctx, key, path, specs[0], singleton, entries[path].fingerprint)
+            return list(specs)
         else:
             children = table["children"]
             if not isinstance(children, list):
@@ -144,7 +146,9 @@ def child(
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
-    return _maybe_singleton(ctx, key, path, spec, singleton) if singleton is not None else [spec]
+    if singleton is not None:
+        return _maybe_singleton(ctx, key, path, spec, singleton, entries[path].fingerprint)
+    return [spec]
 
 
 def _singleton(ctx: Reader, table: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
@@ -164,7 +168,9 @@ def _singleton(ctx: Reader, table: Mapping[str, Any], key: str) -> tuple[str, ..
     return tuple(prefer)
 
 
-def _maybe_singleton(ctx: Reader, key: str, path: str, spec: ChildSpec, prefer: tuple[str, ...]) -> list[ChildSpec]:
+def _maybe_singleton(  # noqa: PLR0917
+    ctx: Reader, key: str, path: str, spec: ChildSpec, prefer: tuple[str, ...], fingerprint: str
+) -> list[ChildSpec]:
     """A singleton is kept out of its supervisor's children until the node holds its lease."""
     budget = spec.shutdown_timeout
     lease, heartbeat = ctx.cluster.lease, ctx.cluster.heartbeat
@@ -174,7 +180,7 @@ def _maybe_singleton(ctx: Reader, key: str, path: str, spec: ChildSpec, prefer: 
             f"a singleton must stop well within its lease: shutdown + heartbeat ({heartbeat:g}s) + margin "
             f"({stop_margin(lease):g}s) must be below cluster.lease ({lease:g}s)",
         )
-    ctx.singletons[path] = Singleton(path=path, spec=spec, prefer=prefer)
+    ctx.singletons[path] = Singleton(path=path, spec=spec, prefer=prefer, fingerprint=fingerprint)
     return []
 
 

@@ -92,6 +92,7 @@ class Singleton:
     path: str
     spec: ChildSpec
     prefer: tuple[str, ...] = ()
+    fingerprint: str = ""  # what a reload compares (a worker's spec holds a new function at every load)
 
     @property
     def parent(self) -> str:
