@@ -374,3 +374,47 @@ def test_a_reload_leaves_a_running_singleton_alone_unless_its_table_changed(flee
     wait_until(lambda: any(r["token"] > token for r in asyncio.run(_log(pg))), what="the new one writing")
     assert len(holders(fleet)) == 1
     accepted_tokens_never_go_back(pg)
+
+
+def test_a_singleton_comes_back_when_its_supervisor_restarts_from_its_spec(pg: PgServer, tmp_path: Path) -> None:
+    d = Daemon(tmp_path, f"""
+[cluster]
+dsn = "{dsn(pg)}"
+node = "solo"
+lease = {LEASE}
+heartbeat = {HEARTBEAT}
+schema = "solo_{os.getpid()}"
+
+[tree]
+intensity = 10
+[[tree.children]]
+id = "grp"
+intensity = 0
+[[tree.children.children]]
+id = "a"
+command = ["sleep", "1000"]
+[[tree.children.children]]
+id = "s"
+singleton = true
+shutdown = 0.5
+command = ["sleep", "1000"]
+""")  # fmt: skip
+    try:
+        d.wait_ready()
+        first = wait_until(lambda: _state(d, "grp/s") == "running" and d.node("grp/s")["pid"], what="the singleton")
+        os.kill(d.node("grp/a")["pid"], signal.SIGKILL)  # grp gives up (intensity 0); root restarts it from its spec
+        wait_until(lambda: d.node("grp")["restarts"] == 1, what="grp restarted")
+        second = wait_until(lambda: _state(d, "grp/s") == "running" and d.node("grp/s")["pid"], timeout=20,
+                            what="the singleton started again in the new grp")  # fmt: skip
+        assert second != first and not alive(first)
+        single = next(s for s in d.request("GET", "/cluster")[1]["singletons"] if s["path"] == "grp/s")
+        assert single["holder"] == "solo" and single["token"] == 1  # the same lease all along
+    finally:
+        d.stop()
+
+
+def _state(d: Daemon, path: str) -> str | None:
+    try:
+        return str(d.node(path)["state"])
+    except KeyError:
+        return None

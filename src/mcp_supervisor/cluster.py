@@ -223,6 +223,9 @@ class ClusterAgent:
                 )  # fmt: skip
                 if rows:
                     self._arm(path, held, sent)
+                    if held.started and not self._present(path):  # its supervisor restarted from its spec
+                        held.started = False
+                        self._spawn(self._start(path, single, held))
                 else:
                     await self._stop(path, "lost its lease")
                 continue
@@ -285,6 +288,13 @@ class ClusterAgent:
         if self._held.get(path) is held:
             self.renew_failures += 1
             self._spawn(self._stop(path, "could not renew its lease in time"))
+
+    def _present(self, path: str) -> bool:
+        try:
+            self.tree.child(path)
+        except (NoSuchPath, NotRunning):
+            return False
+        return True
 
     async def _start(self, path: str, single: Singleton, held: _Held) -> None:
         spec = dataclasses.replace(single.spec, fencing_token=held.token)
