@@ -195,6 +195,8 @@ def test_scale_up_and_down_and_a_reload_with_new_instances_touch_no_other_instan
     assert code == 200 and doc["ok"], doc
     assert sorted(c["path"] for c in doc["changes"]) == ["web#1", "web#2"]
     assert d.node("web#0")["pid"] == first["web#0"]
+    code, doc = restart(d, "web#1")  # an instance by its path ('#' sent as %23)
+    assert code == 200 and doc["child"]["path"] == "web#1", doc
     code, doc, _ = d.request("POST", "/children/nope/scale?instances=2")
     assert code == 404
     code, doc, _ = d.request("POST", "/children/web/scale?instances=many")
