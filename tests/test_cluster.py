@@ -74,7 +74,7 @@ command = ["{sys.executable}", "{WRITER}", "{dsn(pg)}", "{node}"]
 def fleet(pg: PgServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Daemon]]:
     schema = f"fleet_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
     prefer = getattr(request, "param", "")
-    asyncio.run(_reset(pg))
+    query(pg, "DROP TABLE IF EXISTS fenced, fenced_log")
     nodes = []
     for name in NAMES:
         (tmp_path / name).mkdir()
@@ -88,10 +88,22 @@ def fleet(pg: PgServer, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
         d.stop()
 
 
-async def _reset(pg: PgServer) -> None:
-    conn = await asyncpg.connect(dsn(pg))
-    await conn.execute("DROP TABLE IF EXISTS fenced, fenced_log")
-    await conn.close()
+def query(pg: PgServer, sql: str, *args: Any) -> list[Any]:
+    """The rows of one statement, on a connection of its own."""
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(dsn(pg))
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def fenced_log(pg: PgServer) -> list[Any]:
+    """Every write the singletons tried, in time order: node, token, at (epoch seconds), accepted."""
+    return query(pg, "SELECT node, token, extract(epoch FROM at)::float8 AS at, accepted FROM fenced_log ORDER BY at")
 
 
 def running(d: Daemon) -> int | None:
@@ -114,15 +126,8 @@ def the_holder(nodes: list[Daemon]) -> Daemon:
     return found
 
 
-async def _log(pg: PgServer) -> list[Any]:
-    conn = await asyncpg.connect(dsn(pg))
-    rows = list(await conn.fetch("SELECT node, token, accepted FROM fenced_log ORDER BY at"))
-    await conn.close()
-    return rows
-
-
 def accepted_tokens_never_go_back(pg: PgServer) -> list[Any]:
-    rows = asyncio.run(_log(pg))
+    rows = fenced_log(pg)
     tokens = [r["token"] for r in rows if r["accepted"]]
     assert tokens == sorted(tokens), "an older holder's write was accepted after a newer one's"
     return rows
@@ -151,7 +156,7 @@ def test_exactly_one_node_runs_the_singleton_and_kill_9_of_its_daemon_fails_over
     took = time.monotonic() - killed_at
     assert took < LEASE + 10, f"takeover took {took:.1f}s"
     assert len(holders(fleet)) == 1
-    wait_until(lambda: any(r["token"] > token for r in asyncio.run(_log(pg))), what="the new holder's writes")
+    wait_until(lambda: any(r["token"] > token for r in fenced_log(pg)), what="the new holder's writes")
     accepted_tokens_never_go_back(pg)
     assert "mcp_singleton_holder" in second.metrics()
 
@@ -219,35 +224,20 @@ def test_the_holder_s_database_connection_killed_by_the_server_changes_nothing(
     first = the_holder(fleet)
     pid = running(first)
     name = NAMES[fleet.index(first)]
-    killed = asyncio.run(_terminate_backends(pg, f"mcp-supervisor cluster {name}"))
-    assert killed == 1
+    application = f"mcp-supervisor cluster {name}"
+    killed = query(
+        pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", application
+    )
+    assert len(killed) == 1
     # the agent sees its connection closed and opens another at its next heartbeat, renewing in time
-    wait_until(lambda: asyncio.run(_backends(pg, f"mcp-supervisor cluster {name}")) == 1, what="a reconnection")
+    count = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1"
+    wait_until(lambda: query(pg, count, application)[0]["n"] == 1, what="a reconnection")
     token = next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer")
     renewed = time.monotonic()
     wait_until(lambda: time.monotonic() - renewed > LEASE and running(first) == pid, timeout=LEASE + 10,
                what="a whole lease later, still the same process")  # fmt: skip
     assert holders(fleet) == [first]
     assert next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer") == token
-
-
-async def _terminate_backends(pg: PgServer, application: str) -> int:
-    conn = await asyncpg.connect(dsn(pg))
-    try:
-        rows = await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                                application)  # fmt: skip
-        return len(rows)
-    finally:
-        await conn.close()
-
-
-async def _backends(pg: PgServer, application: str) -> int:
-    conn = await asyncpg.connect(dsn(pg))
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                                       application))  # fmt: skip
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("fleet", ['prefer = ["c"]\n'], indirect=True)
@@ -281,7 +271,7 @@ def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_writ
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     schema = f"chaos_{os.getpid()}_{seed % 10**6}"
-    asyncio.run(_reset(pg))
+    query(pg, "DROP TABLE IF EXISTS fenced, fenced_log")
     nodes: dict[str, Daemon] = {}
 
     def launch(name: str) -> None:
@@ -316,9 +306,9 @@ def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_writ
                 outages.append((began, time.time()))
             time.sleep(rng.uniform(0.5, 2.0))  # time between faults, part of the scenario
         the_holder(list(nodes.values()))
-        settled = len(asyncio.run(_timed_log(pg)))
-        wait_until(lambda: len(asyncio.run(_timed_log(pg))) > settled + 5, what="the settled holder's writes")
-        rows = asyncio.run(_timed_log(pg))
+        settled = len(fenced_log(pg))
+        wait_until(lambda: len(fenced_log(pg)) > settled + 5, what="the settled holder's writes")
+        rows = fenced_log(pg)
     finally:
         for d in nodes.values():
             if d.proc.poll() is None:
@@ -350,14 +340,6 @@ def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_writ
     )
 
 
-async def _timed_log(pg: PgServer) -> list[Any]:
-    conn = await asyncpg.connect(dsn(pg))
-    rows = list(await conn.fetch("SELECT token, extract(epoch FROM at)::float8 AS at, accepted FROM fenced_log"
-                                 " ORDER BY at"))  # fmt: skip
-    await conn.close()
-    return rows
-
-
 def test_a_reload_leaves_a_running_singleton_alone_unless_its_table_changed(fleet: list[Daemon], pg: PgServer) -> None:
     holder = the_holder(fleet)
     pid = running(holder)
@@ -365,13 +347,13 @@ def test_a_reload_leaves_a_running_singleton_alone_unless_its_table_changed(flee
     code, doc, _ = holder.request("POST", "/reload?wait=1")
     assert code == 200 and doc["ok"] and doc["changes"] == [], doc
     assert running(holder) == pid and alive(pid)
-    token = max(r["token"] for r in asyncio.run(_log(pg)))
+    token = max(r["token"] for r in fenced_log(pg))
     for d in fleet:  # the same new setting on every node
         d.config.write_text(d.config.read_text().replace("shutdown = 0.5\n", 'shutdown = 0.5\nenv = { GEN = "2" }\n'))
         code, doc, _ = d.request("POST", "/reload?wait=1")
         assert code == 200 and doc["ok"], doc
     wait_until(lambda: not alive(pid), what="the old singleton stopped")
-    wait_until(lambda: any(r["token"] > token for r in asyncio.run(_log(pg))), what="the new one writing")
+    wait_until(lambda: any(r["token"] > token for r in fenced_log(pg)), what="the new one writing")
     assert len(holders(fleet)) == 1
     accepted_tokens_never_go_back(pg)
 
