@@ -7,6 +7,7 @@ import asyncio
 import os
 import pwd
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from mcp_supervisor.core import (
     Tree,
     WorkerSpec,
 )
-from mcp_supervisor.core.process import resident_bytes
+from mcp_supervisor.core.process import _move_fds, resident_bytes
 from tests.helpers import Recorder, until
 
 pytestmark = pytest.mark.realtime
@@ -228,3 +229,22 @@ async def test_a_fencing_token_reaches_workers_and_os_processes() -> None:
         assert seen == [7, None]
     with pytest.raises(SpecError, match="fencing_token"):
         WorkerSpec(id="w", run=worker, fencing_token="7")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fds", [(4, 3), (3, 4), (3,), (9, 3, 5), (12,)])
+def test_held_socket_descriptors_land_at_3_and_up_in_order_whatever_their_numbers(
+    tmp_path: Path, fds: tuple[int, ...]
+) -> None:
+    files = [tmp_path / f"f{i}" for i in range(len(fds))]
+    for f in files:
+        f.touch()
+    opened = " ".join(f"{fd}<{f}" for fd, f in zip(fds, files, strict=True))
+    script = (
+        f"exec {opened}; {_move_fds(fds)}; for fd in $(ls /proc/$$/fd); do echo $fd $(readlink /proc/$$/fd/$fd); done"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
+    table = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    for i, f in enumerate(files):
+        assert table[str(3 + i)] == str(f)
+    leftovers = {fd for fd in table if int(fd) > 2 + len(fds) and table[fd].startswith(str(tmp_path))}
+    assert leftovers == set()
