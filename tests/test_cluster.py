@@ -231,7 +231,7 @@ def test_the_holder_s_database_connection_killed_by_the_server_changes_nothing(
     assert len(killed) == 1
     # the agent sees its connection closed and opens another at its next heartbeat, renewing in time
     count = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1"
-    wait_until(lambda: query(pg, count, application)[0]["n"] == 1, what="a reconnection")
+    wait_until(lambda: query(pg, count, application)[0]["n"] == 1, timeout=30, what="a reconnection")
     token = next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer")
     renewed = time.monotonic()
     wait_until(lambda: time.monotonic() - renewed > LEASE and running(first) == pid, timeout=LEASE + 10,

@@ -96,6 +96,9 @@ class ClusterAgent:
         self._summary = summary or (lambda: {})
         self._conn: asyncpg.Connection | None = None
         self._db = asyncio.Lock()  # one statement at a time on the connection (heartbeat, stops, moves)
+        # A busy database or host may be slow to answer: a statement may take up to half a lease (the deadline
+        # timers, not these timeouts, keep the singletons safe), so a slow heartbeat is not a lost one.
+        self._timeout = max(cfg.heartbeat, cfg.lease / 2)
         self._held: dict[str, _Held] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_at = time.time()
@@ -159,7 +162,7 @@ class ClusterAgent:
         if self._conn is None or self._conn.is_closed():
             conn = await asyncpg.connect(
                 self.cfg.dsn,
-                timeout=self.cfg.heartbeat,
+                timeout=self._timeout,
                 server_settings={"application_name": f"mcp-supervisor cluster {self.cfg.node}"[:63]},
             )
             try:
@@ -183,7 +186,7 @@ class ClusterAgent:
     async def _q(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self._db:
             self.statements += 1
-            return list(await conn.fetch(sql.format(s=self._s), *args, timeout=self.cfg.heartbeat))
+            return list(await conn.fetch(sql.format(s=self._s), *args, timeout=self._timeout))
 
     async def _round(self) -> None:
         loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer
+from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer, free_port, port_open
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,9 @@ def moto_server() -> Iterator[MotoServer]:
 
 @pytest.fixture
 def s3(moto_server: MotoServer) -> MotoServer:
+    if moto_server.server is not None and (moto_server.server.poll() is not None or not port_open(moto_server.port)):
+        moto_server.stop()  # it died (or an earlier test's restart lost its port): a fresh one on a fresh port
+        moto_server.port = free_port()
     if moto_server.server is None:
         moto_server.start()
     return moto_server

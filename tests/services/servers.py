@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -177,11 +178,19 @@ class MotoServer:
             [self.bin, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        _wait(lambda: port_open(self.port), 30, "moto to listen")
+        server = self.server
+
+        def listening() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {server.returncode} (port {self.port} taken?)")
+            return port_open(self.port)
+
+        _wait(listening, 30, "moto to listen")
 
     def stop(self) -> None:
         if self.server is not None:
-            os.killpg(self.server.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server.pid, signal.SIGKILL)
             self.server.wait()
             self.server = None
         _wait(lambda: not port_open(self.port), 10, "moto port to close")
