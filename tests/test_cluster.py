@@ -102,8 +102,14 @@ def query(pg: PgServer, sql: str, *args: Any) -> list[Any]:
 
 
 def fenced_log(pg: PgServer) -> list[Any]:
-    """Every write the singletons tried, in time order: node, token, at (epoch seconds), accepted."""
-    return query(pg, "SELECT node, token, extract(epoch FROM at)::float8 AS at, accepted FROM fenced_log ORDER BY at")
+    """Every write the singletons tried, in time order: node, token, at (epoch seconds), accepted (none before the
+    first writer created its tables)."""
+    try:
+        return query(
+            pg, "SELECT node, token, extract(epoch FROM at)::float8 AS at, accepted FROM fenced_log ORDER BY at"
+        )
+    except asyncpg.UndefinedTableError:
+        return []
 
 
 def running(d: Daemon) -> int | None:
@@ -347,7 +353,7 @@ def test_a_reload_leaves_a_running_singleton_alone_unless_its_table_changed(flee
     code, doc, _ = holder.request("POST", "/reload?wait=1")
     assert code == 200 and doc["ok"] and doc["changes"] == [], doc
     assert running(holder) == pid and alive(pid)
-    token = max(r["token"] for r in fenced_log(pg))
+    token = wait_until(lambda: max((r["token"] for r in fenced_log(pg)), default=0), what="the singleton's writes")
     for d in fleet:  # the same new setting on every node
         d.config.write_text(d.config.read_text().replace("shutdown = 0.5\n", 'shutdown = 0.5\nenv = { GEN = "2" }\n'))
         code, doc, _ = d.request("POST", "/reload?wait=1")
