@@ -10,7 +10,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v pgrep >/dev/null || need_apt+=(procps)
-command -v setpriv >/dev/null || need_apt+=(util-linux)
+{ command -v setpriv && command -v prlimit; } >/dev/null || need_apt+=(util-linux)  # the OS-children launch chain
 command -v erlc >/dev/null || need_apt+=(erlang-base)  # the differential test runs real Erlang/OTP
 [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)  # the /ui browser tests (driven by Playwright)
 if [ ${#need_apt[@]} -gt 0 ]; then

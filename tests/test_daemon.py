@@ -303,9 +303,11 @@ def test_kill_9_of_the_daemon_also_kills_processes_that_left_their_group(daemons
     d = start(daemons, tmp_path, f'[tree]\n[[tree.children]]\nid = "a"\n{ESCAPER}\n')
     leader = d.node("a")["pid"]
     escapee = escapee_of(d, "a")
+    assert alive(leader) and alive(escapee) and os.getpgid(escapee) != leader  # it did leave the group
     d.proc.kill()
-    d.proc.wait()
+    assert d.proc.wait() == -signal.SIGKILL
     wait_until(lambda: not alive(leader) and not alive(escapee), 20, "child and escapee gone")
+    assert not alive(leader) and not alive(escapee)
 
 
 def test_an_orphan_reparented_to_the_daemon_does_not_outlive_it(daemons: list[Daemon], tmp_path: Path) -> None:

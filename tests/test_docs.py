@@ -23,7 +23,8 @@ def blocks(path: Path) -> list[str]:
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_every_python_block_parses(doc: Path) -> None:
     for code in blocks(doc):
-        ast.parse(code, filename=str(doc))
+        tree = ast.parse(code, filename=str(doc))  # a SyntaxError fails the test, naming the file and line
+        assert tree.body, f"an empty python block in {doc.name}"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

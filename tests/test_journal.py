@@ -78,10 +78,12 @@ async def test_readers_are_woken_and_lines_from_other_threads_arrive_on_the_loop
     await asyncio.sleep(0)  # a yield, not a wait: the waiter starts waiting before anything is recorded
     bus.emit(ChildStarted(path="a", kind="worker"))
     await asyncio.wait_for(waiter, 10)  # a hang guard: it is woken by the record
+    assert waiter.done() and not waiter.cancelled() and waiter.exception() is None
     thread = threading.Thread(target=journal.log_line, args=("a", "info", "from a thread"))
     thread.start()
     thread.join()
-    await until(lambda: [line.text for line in journal.ring("a").tail(5)] == ["from a thread"])
+    texts = await until(lambda: [line.text for line in journal.ring("a").tail(5)])
+    assert texts == ["from a thread"]
     pump.cancel()
 
 

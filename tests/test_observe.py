@@ -146,25 +146,21 @@ def test_ctl_events_follow_and_status_watch(daemon: Daemon) -> None:
     events = Ctl(daemon, "events", "-f", "--path", "ticker")
     watch = Ctl(daemon, "status", "--watch")
     try:
-        _events_and_watch(daemon, events, watch)
+        wait_until(lambda: any("ticker" in x for x in watch.out), 30, "the first drawing")
+        wait_until(lambda: any(" ticker " in x for x in events.out), 30, "the recent events first")
+        drawings = sum(1 for x in watch.out if x.startswith("root"))
+        code, body, _ = daemon.request("POST", "/children/ticker/restart")
+        assert code == 200, body
+        wait_until(lambda: any("ChildStarted ticker" in x and "restarts=1" in x for x in events.out), 30, "restart")
+        assert not any(" crasher " in x for x in events.out)  # --path ticker
+        wait_until(lambda: sum(1 for x in watch.out if x.startswith("root")) > drawings, 30, "a redraw")
+        assert any("ticker  process  running" in x and "restarts 1" in x for x in watch.out)
+        for ctl in (events, watch):
+            code, err = ctl.interrupt()
+            assert code == 130 and "Traceback" not in err
     finally:
         events.close()
         watch.close()
-
-
-def _events_and_watch(daemon: Daemon, events: Ctl, watch: Ctl) -> None:
-    wait_until(lambda: any("ticker" in x for x in watch.out), 30, "the first drawing")
-    wait_until(lambda: any(" ticker " in x for x in events.out), 30, "the recent events first")
-    drawings = sum(1 for x in watch.out if x.startswith("root"))
-    code, body, _ = daemon.request("POST", "/children/ticker/restart")
-    assert code == 200, body
-    wait_until(lambda: any("ChildStarted ticker" in x and "restarts=1" in x for x in events.out), 30, "the restart")
-    assert not any(" crasher " in x for x in events.out)  # --path ticker
-    wait_until(lambda: sum(1 for x in watch.out if x.startswith("root")) > drawings, 30, "a redraw")
-    assert any("ticker  process  running" in x and "restarts 1" in x for x in watch.out)
-    for ctl in (events, watch):
-        code, err = ctl.interrupt()
-        assert code == 130 and "Traceback" not in err
 
 
 def test_ctl_logs_of_an_unknown_child_is_a_clear_error(daemon: Daemon, tmp_path: Path) -> None:

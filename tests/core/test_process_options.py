@@ -83,8 +83,13 @@ async def test_a_child_runs_as_the_user_it_names() -> None:
     tree = Tree(SupervisorSpec(id="root", children=[spec]))
     rec = Recorder(tree.bus)
     async with tree:
-        await output(rec, "p", str(nobody.pw_uid))
-        await output(rec, "p", str(nobody.pw_gid))
+        assert await output(rec, "p", str(nobody.pw_uid)) == str(nobody.pw_uid)  # id -u
+        assert await output(rec, "p", str(nobody.pw_gid)) == str(nobody.pw_gid)  # id -g
+        pid = tree.child("p").pid
+        await until(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep")
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        assert status["Uid"].split() == [str(nobody.pw_uid)] * 4  # real, effective, saved, filesystem
+        assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
 
 
 async def test_an_unknown_user_or_a_missing_socket_is_a_clear_start_failure() -> None:
