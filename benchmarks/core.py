@@ -58,14 +58,16 @@ def pct(xs: list[float], p: float) -> float:
 
 
 # -- in-process restart latency ------------------------------------------------------------------------------
-async def restart_latency_supervised(n: int) -> list[float]:
-    state: dict[str, asyncio.Future[None]] = {}
+class Crashy:
+    """A worker that answers calls and raises on "crash"; each incarnation resolves ``ready`` when it is up."""
 
-    async def worker(ctx: Any) -> None:
+    def __init__(self) -> None:
+        self.ready: dict[str, asyncio.Future[None]] = {}
+
+    async def run(self, ctx: Any) -> None:
         mb = ctx.mailbox
-        ctx.register("w")
         ctx.started()
-        fut = state.get("ready")
+        fut = self.ready.get(ctx.path)
         if fut is not None and not fut.done():
             fut.set_result(None)
         async for msg in mb:
@@ -74,17 +76,25 @@ async def restart_latency_supervised(n: int) -> list[float]:
             if isinstance(msg, Call):
                 msg.reply(msg.payload)
 
-    tree = Tree(SupervisorSpec(id="root", flags=LOOSE, children=[WorkerSpec(id="w", run=worker)]))
-    await tree.start()
+
+async def crash_cycles(tree: Tree, crashy: Crashy, path: str, n: int) -> list[float]:
     loop = asyncio.get_running_loop()
     out = []
     for _ in range(n):
-        state["ready"] = loop.create_future()
+        crashy.ready[path] = ready = loop.create_future()
         t0 = time.perf_counter()
-        await tree.cast("w", "crash")
-        await state["ready"]
-        await tree.call("w", 1)
+        await tree.mailbox(path).cast("crash")
+        await ready
+        await tree.mailbox(path).call(1)
         out.append(time.perf_counter() - t0)
+    return out
+
+
+async def restart_latency_supervised(n: int) -> list[float]:
+    crashy = Crashy()
+    tree = Tree(SupervisorSpec(id="root", flags=LOOSE, children=[WorkerSpec(id="w", run=crashy.run)]))
+    await tree.start()
+    out = await crash_cycles(tree, crashy, "w", n)
     await tree.stop()
     return out
 

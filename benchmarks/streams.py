@@ -28,8 +28,9 @@ sys.path.insert(0, str(HERE))
 import aiohttp  # noqa: E402
 import uvloop  # noqa: E402
 from aiohttp import web  # noqa: E402
-from vs_otp import STORM, Crashy, crash_cycles  # noqa: E402
+from vs_otp import STORM  # noqa: E402
 
+from core import Crashy, crash_cycles  # noqa: E402
 from mcp_supervisor.admin.server import STREAMS, AdminState, build_app  # noqa: E402
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec  # noqa: E402
 from mcp_supervisor.journal import Journal  # noqa: E402

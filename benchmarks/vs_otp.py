@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from core import cast_supervised, many_supervised  # noqa: E402 - benchmarks/core.py
-from mcp_supervisor.core import Call, SupervisorFlags, SupervisorSpec, Tree, WorkerSpec  # noqa: E402
+from core import Crashy, cast_supervised, crash_cycles, many_supervised  # noqa: E402 - benchmarks/core.py
+from mcp_supervisor.core import SupervisorFlags, SupervisorSpec, Tree, WorkerSpec  # noqa: E402
 
 STORM = SupervisorFlags(intensity=10**8, period=3600)
 
@@ -54,38 +54,6 @@ def run_otp(quick: bool) -> dict[str, float]:
 
 
 # -- our side ----------------------------------------------------------------------------------------------------
-class Crashy:
-    """A worker that answers calls and raises on "crash"; each incarnation resolves ``ready`` when it is up."""
-
-    def __init__(self) -> None:
-        self.ready: dict[str, asyncio.Future[None]] = {}
-
-    async def run(self, ctx: Any) -> None:
-        mb = ctx.mailbox
-        ctx.started()
-        fut = self.ready.get(ctx.path)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-        async for msg in mb:
-            if msg.payload == "crash":
-                raise RuntimeError("crash")
-            if isinstance(msg, Call):
-                msg.reply(msg.payload)
-
-
-async def crash_cycles(tree: Tree, crashy: Crashy, path: str, n: int) -> list[float]:
-    loop = asyncio.get_running_loop()
-    out = []
-    for _ in range(n):
-        crashy.ready[path] = ready = loop.create_future()
-        t0 = time.perf_counter()
-        await tree.mailbox(path).cast("crash")
-        await ready
-        await tree.mailbox(path).call(1)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 async def restart_rare(rounds: int) -> float:
     times: list[float] = []
     for _ in range(rounds):

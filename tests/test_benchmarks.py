@@ -14,26 +14,29 @@ pytestmark = pytest.mark.realtime
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_core_benchmark_runs() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/core.py"), "--smoke", "--json"], capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
+def run(script: str, *args: str, timeout: float = 300) -> str:
+    """The script's output in its shortest mode; it must exit 0."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "inproc_restart_latency_median[asyncio]" in done.stdout
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "mode", "expected"),
+    [
+        ("core.py", "--smoke", "inproc_restart_latency_median[asyncio]"),
+        ("streams.py", "--quick", "restart_latency_median_32_streams"),
+        ("rolling.py", "--quick", '"errors_rolling": 0'),
+    ],
+)
+def test_the_benchmark_runs(script: str, mode: str, expected: str) -> None:
+    assert expected in run(script, mode, "--json")
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
 def test_every_benchmark_script_at_least_imports_and_shows_its_help(script: str) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "usage" in done.stdout
-
-
-def test_the_streams_benchmark_runs() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/streams.py"), "--quick", "--json"],
-                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "restart_latency_median_32_streams" in done.stdout
+    assert "usage" in run(script, "--help", timeout=120)
 
 
 def test_the_otp_benchmark_runs_when_erlang_is_installed() -> None:
@@ -41,14 +44,4 @@ def test_the_otp_benchmark_runs_when_erlang_is_installed() -> None:
 
     if shutil.which("erlc") is None:
         pytest.skip("Erlang/OTP is not installed")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/vs_otp.py"), "--quick", "--json"],
-                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert '"name": "restart_rare_median"' in done.stdout
-
-
-def test_the_rolling_benchmark_runs() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/rolling.py"), "--quick", "--json"],
-                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert '"errors_rolling": 0' in done.stdout
+    assert '"name": "restart_rare_median"' in run("vs_otp.py", "--quick", "--json")
