@@ -57,9 +57,7 @@ async def roll(tree: Tree, path: str) -> RollResult:
     result = RollResult()
     for i, p in enumerate(paths):
         try:
-            if tree.child(p).alive:
-                await tree.terminate_child(p)
-            await tree.restart_child(p)
+            await tree.restart(p)
         except (FailedToStartChild, OperationError) as e:
             result.failed, result.error, result.untouched = p, str(e), paths[i + 1 :]
             return result

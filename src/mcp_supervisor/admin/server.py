@@ -258,15 +258,12 @@ def build_app(state: AdminState, hosts: set[str] | None) -> web.Application:
                 return _json(
                     {"path": path, "action": "restart", "child": None, "rolling": True, "status": code, **result}, code
                 )
-            child = tree.child(path)
             if action == "stop":
                 await tree.terminate_child(path)
             elif action == "start":
                 await tree.restart_child(path)
             else:
-                if child.alive:
-                    await tree.terminate_child(path)
-                await tree.restart_child(path)
+                await tree.restart(path)
         except NoSuchPath as e:
             audit(request, what, "not found")
             return _error(404, str(e))

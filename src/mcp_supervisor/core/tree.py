@@ -195,6 +195,13 @@ class Tree:
         parent, child_id = _split(path)
         await self.supervisor(parent).restart_child(child_id)
 
+    async def restart(self, path: str) -> None:
+        """Stop the child at ``path`` if it runs, then start it again and wait until it is ready (an operator's
+        restart: ``terminate_child`` then ``restart_child``); FailedToStartChild when the new one fails."""
+        if self.child(path).alive:
+            await self.terminate_child(path)
+        await self.restart_child(path)
+
     async def delete_child(self, path: str) -> None:
         parent, child_id = _split(path)
         await self.supervisor(parent).delete_child(child_id)
