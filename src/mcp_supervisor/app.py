@@ -240,9 +240,8 @@ class Daemon:
         return self.metrics.render()
 
     def _summary(self, prefix: str) -> str:
-        states = [child.state for child in self.tree.rt.walk()]
-        running = sum(1 for st in states if st is State.RUNNING)
-        return f"{prefix}: {running}/{len(states)} children running"
+        counts = self._node_summary()
+        return f"{prefix}: {counts['running']}/{counts['children']} children running"
 
     async def _status_updates(self) -> None:
         """STATUS= whenever a child starts or exits (at most every half second), for `systemctl status`."""
@@ -271,7 +270,8 @@ class Daemon:
             self.metrics.watchdog_pings.inc()
             await asyncio.sleep(interval)
 
-    def _node_summary(self) -> dict[str, Any]:
+    def _node_summary(self) -> dict[str, int]:
+        """How many children the tree has and how many run (STATUS=, and this node's row in fleet mode)."""
         states = [child.state for child in self.tree.rt.walk()]
         return {"children": len(states), "running": sum(1 for st in states if st is State.RUNNING)}
 
