@@ -22,8 +22,6 @@ import tracemalloc
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-
 from mcp_supervisor.core import (
     Call,
     ChildStarted,
@@ -75,6 +73,16 @@ class Crashy:
                 raise RuntimeError("crash")
             if isinstance(msg, Call):
                 msg.reply(msg.payload)
+
+
+def print_rows(rows: list[dict[str, Any]], as_json: bool, baseline: str) -> None:
+    """A benchmark's rows: JSON lines, or aligned text with each ratio named against ``baseline``."""
+    for r in rows:
+        if as_json:
+            print(json.dumps(r))
+            continue
+        extra = f"  ({r['ratio']:.2f}x {baseline})" if "ratio" in r else f"  ({r['note']})" if "note" in r else ""
+        print(f"{r['name']:<56} {r['value']:>12} {r['unit']}{extra}")
 
 
 async def crash_cycles(tree: Tree, crashy: Crashy, path: str, n: int) -> list[float]:

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import asyncpg
 
-import asyncpg  # noqa: E402
-from tests.daemon_helpers import Daemon, wait_until  # noqa: E402
-from tests.services.servers import PgServer  # noqa: E402
+from mcp_supervisor.testing import wait_until
+from mcp_supervisor.testing.daemon import Daemon
+from mcp_supervisor.testing.servers import PgServer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NAMES = ("a", "b", "c")
 

@@ -14,21 +14,17 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-
 import asyncpg
 import redis.asyncio as aioredis
 import uvloop
-from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
 from mcp_supervisor.services import postgres, redis, s3, vault
+from mcp_supervisor.testing.servers import BaoServer, MotoServer, PgServer, RedisServer
 
 RESULTS: list[dict[str, Any]] = []
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -21,19 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import uvloop
+from aiohttp import web
+from vs_otp import STORM
+
+from core import Crashy, crash_cycles, print_rows
+from mcp_supervisor.admin.journal import Journal
+from mcp_supervisor.admin.seams import TreePort
+from mcp_supervisor.admin.server import STREAMS, build_app
+from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
-
-import aiohttp  # noqa: E402
-import uvloop  # noqa: E402
-from aiohttp import web  # noqa: E402
-from vs_otp import STORM  # noqa: E402
-
-from core import Crashy, crash_cycles  # noqa: E402
-from mcp_supervisor.admin.server import STREAMS, AdminState, build_app  # noqa: E402
-from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec  # noqa: E402
-from mcp_supervisor.journal import Journal  # noqa: E402
 
 STREAM_COUNT = 32
 
@@ -73,11 +71,8 @@ async def main_async(quick: bool) -> list[dict[str, Any]]:
     journal = Journal()
     pump = asyncio.ensure_future(journal.pump(tree.bus))
 
-    async def no_reload() -> dict[str, Any]:
-        return {"ok": True, "changes": []}
-
-    state = AdminState(tree=tree, log=Audit(), metrics=lambda: (b"", "text/plain"), reload=no_reload, journal=journal)
-    app = build_app(state, None)
+    state = TreePort(tree=tree, log=Audit(), journal=journal)
+    app = build_app(state, state, None)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -135,12 +130,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     rows = uvloop.run(main_async(args.quick))
-    for r in rows:
-        if args.json:
-            print(json.dumps(r))
-        else:
-            extra = f"  ({r['ratio']:.2f}x no streams)" if "ratio" in r else f"  ({r['note']})" if "note" in r else ""
-            print(f"{r['name']:<42} {r['value']:>12} {r['unit']}{extra}")
+    print_rows(rows, args.json, "no streams")
 
 
 if __name__ == "__main__":

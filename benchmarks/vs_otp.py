@@ -28,12 +28,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
+from core import Crashy, cast_supervised, crash_cycles, many_supervised  # benchmarks/core.py
+from mcp_supervisor.core import SupervisorFlags, SupervisorSpec, Tree, WorkerSpec
 
-from core import Crashy, cast_supervised, crash_cycles, many_supervised  # noqa: E402 - benchmarks/core.py
-from mcp_supervisor.core import SupervisorFlags, SupervisorSpec, Tree, WorkerSpec  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 STORM = SupervisorFlags(intensity=10**8, period=3600)
 

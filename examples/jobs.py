@@ -9,18 +9,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from mcp_supervisor.core import ChildContext
-from mcp_supervisor.services.base import ServiceUnavailable, service
-from mcp_supervisor.services.postgres import Database
-from mcp_supervisor.settings import Settings
+from mcp_supervisor.worker import ChildContext, Database, ServiceUnavailable, Settings, service
 
 
-def factory(config: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[None]]:
+def factory(config: Mapping[str, Any]) -> Callable[[ChildContext[None]], Awaitable[None]]:
     s = Settings(config, {"every", "db"})  # unknown keys are errors
     every = s.seconds("every", 5.0, above=True)  # checked at load time: a bad value never starts
     path = s.text("db", "postgres/db") or "postgres/db"
 
-    async def run(ctx: ChildContext) -> None:
+    async def run(ctx: ChildContext[None]) -> None:
         db = service(ctx, path, Database)  # a typed reference that follows restarts of that child
         ctx.started()  # ready: the supervisor starts the next child
         while True:

@@ -13,22 +13,27 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from mcp_supervisor.core import ChildContext
-from mcp_supervisor.services.base import ServiceError, ServiceUnavailable, service
-from mcp_supervisor.services.postgres import Database
-from mcp_supervisor.services.redis import MISS, Cache
-from mcp_supervisor.services.s3 import Storage
-from mcp_supervisor.services.vault import Vault, VaultError
-from mcp_supervisor.settings import Settings
-from mcp_supervisor.telemetry.logs import get_logger
+from mcp_supervisor.worker import (
+    MISS,
+    Cache,
+    ChildContext,
+    Database,
+    ServiceError,
+    ServiceUnavailable,
+    Settings,
+    Storage,
+    Vault,
+    get_logger,
+    service,
+)
 
 
-def factory(config: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[None]]:
+def factory(config: Mapping[str, Any]) -> Callable[[ChildContext[Any]], Awaitable[None]]:
     s = Settings(config, {"every", "tenant"})
     every = s.seconds("every", 3.0, above=True)
     tenant = s.text("tenant", "demo") or "demo"
 
-    async def run(ctx: ChildContext) -> None:
+    async def run(ctx: ChildContext[Any]) -> None:
         log = get_logger("examples.platform_demo").bind(child=ctx.path)
         db_ref = service(ctx, "postgres/db", Database, wait=5)
         cache_ref = service(ctx, "redis/cache", Cache, wait=5)
@@ -72,7 +77,7 @@ def factory(config: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[Non
                     raise RuntimeError("transit round trip changed the value")
                 await step("publish_ms", cache.publish("demo.events", event))
                 log.info("round trip ok", row_id=row["id"], **times)
-            except (ServiceUnavailable, ServiceError, VaultError, OSError) as e:
+            except (ServiceError, OSError) as e:  # ServiceUnavailable (restarting) and every service's own error
                 prepared = prepared and not isinstance(e, ServiceUnavailable)
                 log.warning("round trip failed; retrying next round", error=f"{type(e).__name__}: {e}")
             await asyncio.sleep(every)

@@ -43,7 +43,7 @@ def answer(conn: socket.socket, sick: str | None) -> None:
     conn.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - the socket-activation protocol, checked step by step as a reader would
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int)
     parser.add_argument("--sick")

@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
-# Re-resolves the dependencies and rewrites constraints.txt, the exact versions bootstrap installs.
-# Run it after changing the dependencies in pyproject.toml (or to move to newer releases), then run the tests
-# and commit both files.
+# Re-resolves the dependencies into uv.lock (every platform, hashed). Run it after changing the dependencies in
+# pyproject.toml, or with --upgrade to move to newer releases; then run the tests and commit both files.
+#   bash scripts/lock.sh              keep the locked versions that still satisfy pyproject.toml
+#   bash scripts/lock.sh --upgrade    move every package to its newest allowed release
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
-{
-  echo "# Exact versions for scripts/bootstrap.sh (pip install -c constraints.txt). Regenerate: bash scripts/lock.sh"
-  "$tmp/venv/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check | grep -v '^-e '
-} > constraints.txt
-echo "constraints.txt: $(grep -vc '^#' constraints.txt) pinned packages"
+bash scripts/bootstrap.sh run >/dev/null 2>&1 || true  # installs the pinned uv into .tools/ if it is missing
+.tools/bin/uv lock "$@"
+echo "uv.lock: $(grep -c '^\[\[package\]\]' uv.lock) packages"

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Runs mcp-supervisor in the foreground (Ctrl-C stops it cleanly). Extra arguments go to `mcp-supervisor run`.
+# Runs the local stack (config/local.toml) in the foreground; Ctrl-C stops it cleanly. Extra arguments go to
+# `mcp-supervisor run`. MCP_SUPERVISOR_CONFIG runs another config (config/demo.toml: a small tree of processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh run
 export PATH="$PWD/.venv/bin:$PATH"   # moto_server and bao for the local stack
 config="${MCP_SUPERVISOR_CONFIG:-config/local.toml}"
 admin="${MCP_ADMIN:-127.0.0.1:7080}"
-var="${MCP_VAR_DIR:-./var}"
-mkdir -p "$var"
-if [ ! -s "$var/admin-token" ]; then  # the admin token for the UI's buttons and `ctl restart`, made once
-  (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > "$var/admin-token")
-fi
-echo "mcp-supervisor: config $config" >&2
-echo "  the live tree in a browser: http://$admin/ui/   (admin token for its buttons: $var/admin-token)" >&2
-echo "  in another terminal: .venv/bin/mcp-supervisor ctl --admin $admin status --watch   (or --json)" >&2
-echo "                       .venv/bin/mcp-supervisor ctl --admin $admin logs postgres/server -f" >&2
+# the data directory, absolute: programs that change directory (postgres does) must resolve it the same way
+mkdir -p "${MCP_VAR_DIR:-var}"
+MCP_VAR_DIR="$(cd "${MCP_VAR_DIR:-var}" && pwd)"
+export MCP_VAR_DIR
+bash scripts/local-secrets.sh "$MCP_VAR_DIR"   # the admin token and the servers' secrets, random, made once
+ctl=".venv/bin/mcp-supervisor ctl"
+cat >&2 <<BANNER
+mcp-supervisor: config $config, data in $MCP_VAR_DIR
+  the live tree in a browser: http://$admin/ui/   (its buttons want the admin token in $MCP_VAR_DIR/admin-token)
+  in another terminal:  $ctl status
+                        $ctl logs postgres -f
+                        $ctl restart app
+                        $ctl events -f
+BANNER
 exec .venv/bin/mcp-supervisor run --config "$config" "$@"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.stack_helpers import stack_env  # noqa: F401 - a fixture for the local-stack tests
+
+# Launched as a shell's background job, the suite starts with SIGINT ignored, and every child would inherit that: the
+# tests that press Ctrl-C on a `ctl ... -f` would wait forever. Children of a process that handles it get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SERVER_FIXTURES = frozenset(
     {"pg_server", "pg", "redis_server", "rds", "moto_server", "s3", "bao_server", "bao", "stack_env"}

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_helpers import Daemon, free_port
+from mcp_supervisor.testing import free_port
+from mcp_supervisor.testing.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,7 @@ def _free(port: int) -> bool:
 def stack_env() -> Iterator[dict[str, str]]:
     var = Path(tempfile.mkdtemp(prefix="mcp-var-"))
     var.chmod(0o755)
+    subprocess.run(["bash", str(ROOT / "scripts" / "local-secrets.sh"), str(var)], check=True)  # as run.sh does
     env = {
         "MCP_VAR_DIR": str(var),
         "MCP_PG_PORT": str(low_port()),
@@ -67,7 +69,7 @@ class Stack(Daemon):
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv/bin/mcp-supervisor"), "run", "--config", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "NOTIFY_SOCKET": self.notify_path, **env},
+            env={**os.environ, "NOTIFY_SOCKET": self.notify_path, "XDG_RUNTIME_DIR": str(self.runtime_dir), **env},
         )  # fmt: skip
 
     def write(self, tree_toml: str) -> None:
@@ -90,3 +92,10 @@ def tree_pids(d: Daemon) -> dict[str, Any]:
         out[n["path"]] = (n.get("pid"), n["restarts"], n["state"])
         stack.extend(n.get("children", []))
     return out
+
+
+def promtool_agrees(text: str) -> None:
+    """Prometheus' own linter finds nothing wrong with the exposition (bootstrap installs Debian's promtool)."""
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    print(f"promtool check metrics: exit {check.returncode}\n{check.stdout}{check.stderr}")
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check

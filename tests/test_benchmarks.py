@@ -28,6 +28,7 @@ def run(script: str, *args: str, timeout: float = 300) -> str:
         ("core.py", "--smoke", "inproc_restart_latency_median[asyncio]"),
         ("streams.py", "--quick", "restart_latency_median_32_streams"),
         ("rolling.py", "--quick", '"errors_rolling": 0'),
+        ("alerts.py", "--quick", "alert_per_restart_dead_receivers"),
     ],
 )
 def test_the_benchmark_runs(script: str, mode: str, expected: str) -> None:

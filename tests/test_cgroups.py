@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mcp_supervisor.core.cgroups import Cgroups
-from tests.daemon_helpers import Daemon, alive, wait_until
+from mcp_supervisor.testing import alive, wait_until
+from mcp_supervisor.testing.daemon import Daemon
 
 pytestmark = pytest.mark.realtime
 

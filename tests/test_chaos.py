@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.daemon_helpers import alive, wait_until
+from mcp_supervisor.testing import alive, wait_until
 from tests.stack_helpers import Stack, rounds_ok, tree_pids
 
 SOAK = float(os.environ.get("MCP_SOAK_SECONDS", "45"))

@@ -23,8 +23,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.daemon_helpers import Daemon, alive, wait_until
-from tests.services.servers import PgServer
+from mcp_supervisor.testing import alive, wait_until
+from mcp_supervisor.testing.daemon import Daemon
+from mcp_supervisor.testing.servers import PgServer
 
 pytestmark = [pytest.mark.realtime, pytest.mark.servers, pytest.mark.timeout(180)]
 
@@ -194,8 +195,11 @@ def test_with_the_database_down_singletons_stop_and_local_children_keep_running(
                                 what="the singleton stopped everywhere")  # fmt: skip
         assert stopped_at
         assert {id(d): d.node("local")["pid"] for d in fleet} == locals_before
-        code, view, _ = holder.request("GET", "/cluster")
-        assert code == 200 and view["connected"] is False and view["error"]
+        # the singleton stops at its deadline, which may come before the heartbeat's statement times out: the node
+        # then says the database is unreachable within that timeout
+        view = wait_until(lambda: (v := holder.request("GET", "/cluster")[1])["connected"] is False and v,
+                          timeout=LEASE + 10, what="the holder to see the database down")  # fmt: skip
+        assert view["error"]
         code, ready, _ = holder.request("GET", "/readyz")
         assert code == 200 and ready["cluster"].startswith("database unreachable: ")
     finally:
@@ -406,3 +410,153 @@ def _state(d: Daemon, path: str) -> str | None:
         return str(d.node(path)["state"])
     except KeyError:
         return None
+
+
+def test_a_second_daemon_with_the_same_node_name_holds_nothing(pg: PgServer, tmp_path: Path) -> None:
+    schema = f"dup_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = Daemon(tmp_path / "first", toml(pg, "a", schema))
+    first.wait_ready()
+    second: Daemon | None = None
+    try:
+        wait_until(lambda: running(first), timeout=30, what="the first daemon running the singleton")
+        second = Daemon(tmp_path / "second", toml(pg, "a", schema))  # a cloned VM: the same host name
+        second.wait_ready()
+
+        def conflict() -> str | None:
+            assert second is not None
+            return second.request("GET", "/cluster")[1].get("conflict")  # type: ignore[no-any-return]
+
+        said = wait_until(conflict, timeout=LEASE * 3, what="the second daemon to see the name is taken")
+        assert "another live daemon already uses the node name 'a'" in said and first.admin in said
+        code, ready, _ = second.request("GET", "/readyz")
+        assert code == 503 and ready["cluster"] == said
+        began = second.request("GET", "/cluster")[1]["read_at"]
+
+        def two_leases_later() -> bool:  # every look on the way: it never runs the singleton, the first one does
+            assert second is not None
+            assert running(second) is None and running(first) is not None
+            return bool(second.request("GET", "/cluster")[1]["read_at"] >= began + 2 * LEASE)
+
+        wait_until(two_leases_later, timeout=LEASE * 6, what="two leases of the second daemon's heartbeats")
+        assert any(e.get("event") == "cluster: duplicate node name" for e in second.log_events())
+        assert first.request("GET", "/cluster")[1].get("conflict") is None
+
+        assert first.stop() == 0  # the first one leaves: its name is free at once, the second takes over
+        wait_until(lambda: conflict() is None and running(second), timeout=LEASE * 4,
+                   what="the second daemon to hold the singleton once the name is free")  # fmt: skip
+    finally:
+        if first.proc.poll() is None:
+            first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_the_backstop_kills_a_singleton_whose_stop_is_stuck_behind_its_supervisor(pg: PgServer, tmp_path: Path) -> None:
+    """The holder loses the database while its supervisor is busy (a sibling's restart waits 20 s for readiness):
+    the stop it asks for waits in the supervisor's queue, so the backstop kills the singleton's process itself,
+    before the lease could expire anywhere."""
+    schema = f"backstop_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    once = tmp_path / "slow-once"  # ready at once the first time; a restart then waits 20 s to be ready
+    slow = (
+        f'[[tree.children]]\nid = "slow"\ncommand = ["sleep", "1000"]\n'
+        f'ready = {{ command = ["sh", "-c", "[ -e {once} ] && sleep 20; touch {once}"], timeout = 60 }}\n'
+    )
+    writer = '[[tree.children]]\nid = "writer"'
+    d = Daemon(tmp_path, toml(pg, "a", schema).replace(writer, slow + writer, 1))
+    try:
+        d.wait_ready()
+        pid = wait_until(lambda: running(d), timeout=60, what="the singleton running")
+        restart = subprocess.Popen([sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", d.admin,
+                                    "--token-file", str(d.token_file), "restart", "slow"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        wait_until(lambda: d.node("slow")["state"] != "running", 10, "slow restarting: its supervisor is busy")
+        cut = time.monotonic()
+        pg.kill()
+        try:
+            wait_until(lambda: not alive(pid), timeout=LEASE + 2, what="the singleton killed by the backstop")
+            took = time.monotonic() - cut
+            assert took < LEASE, took  # before its lease could expire (counted from the last renewal, earlier)
+            assert d.node("slow")["state"] != "running"  # the supervisor was still busy: it was the backstop
+            killed = [
+                e for e in d.log_events() if e.get("event") == "cluster: killed a singleton at its lease's deadline"
+            ]
+            assert killed and killed[0]["pid"] == pid
+        finally:
+            pg.start()
+            restart.wait(60)
+    finally:
+        d.stop()
+
+
+def lease_row(d: Daemon) -> dict[str, Any]:
+    return next(s for s in d.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer")
+
+
+def test_a_move_is_used_up_once_its_node_holds_the_singleton(fleet: list[Daemon], pg: PgServer) -> None:
+    first = the_holder(fleet)
+    target = next(d for d in fleet if d is not first)
+    first.request("POST", f"/cluster/move?path=writer&node={NAMES[fleet.index(target)]}")
+    wait_until(lambda: holders(fleet) == [target], timeout=30, what="the move")
+    wait_until(lambda: lease_row(target)["wanted"] is None, timeout=10, what="the wish used up")
+    assert target.stop() == 0  # a clean stop: the lease released, the node's name freed
+    stopped = time.monotonic()
+    others = [d for d in fleet if d is not target]
+    wait_until(lambda: holders(others), timeout=LEASE * 2, what="another node taking over")
+    assert time.monotonic() - stopped < LEASE, "a clean stop waited for its node row to expire"
+    holder = holders(others)[0]
+    target.relaunch()
+    target.wait_ready()
+    began = holder.request("GET", "/cluster")[1]["read_at"]
+
+    def two_leases_later() -> bool:  # on every look: the restarted node does not pull it back
+        assert holders(fleet) == [holder]
+        return bool(holder.request("GET", "/cluster")[1]["read_at"] >= began + 2 * LEASE)
+
+    wait_until(two_leases_later, timeout=LEASE * 6, what="two leases after the restart")
+
+
+def test_a_move_to_a_node_that_cannot_start_it_is_cancelled(pg: PgServer, tmp_path: Path) -> None:
+    schema = f"cancel_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    broken = toml(pg, "x", schema).replace(
+        "shutdown = 0.5\n", 'shutdown = 0.5\nready = { command = ["false"], timeout = 1 }\n'
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "x").mkdir()
+    a, x = Daemon(tmp_path / "a", toml(pg, "a", schema)), Daemon(tmp_path / "x", broken)
+    try:
+        a.wait_ready()
+        x.wait_ready()
+        wait_until(lambda: running(a), timeout=60, what="a running the singleton")
+        a.request("POST", "/cluster/move?path=writer&node=x")
+        wait_until(lambda: any(e.get("event", "").startswith("cluster: a move here was cancelled") for e in x.log_events()),
+                   timeout=30, what="the move cancelled where it failed")  # fmt: skip
+        wait_until(lambda: running(a) and lease_row(a)["wanted"] is None, timeout=30, what="the singleton back on a")
+    finally:
+        a.stop()
+        x.stop()
+
+
+def test_a_move_to_a_node_that_never_takes_it_is_void_after_its_bound(pg: PgServer, tmp_path: Path) -> None:
+    schema = f"void_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    full = toml(pg, "a", schema)
+    without = toml(pg, "y", schema).split('[[tree.children]]\nid = "writer"')[0]  # y has no such singleton
+    (tmp_path / "a").mkdir()
+    (tmp_path / "y").mkdir()
+    a, y = Daemon(tmp_path / "a", full), Daemon(tmp_path / "y", without)
+    try:
+        a.wait_ready()
+        y.wait_ready()
+        wait_until(lambda: running(a), timeout=60, what="a running the singleton")
+        a.request("POST", "/cluster/move?path=writer&node=y")
+        wait_until(lambda: not running(a), timeout=10, what="a handing it over")
+        asked = time.monotonic()
+        row = wait_until(lambda: (r := lease_row(a))["wanted"] == "y" and r, timeout=10, what="the pending move")
+        assert row["wanted_age"] is not None
+        wait_until(lambda: running(a), timeout=5 * LEASE + 10, what="the void move let a take it back")
+        assert time.monotonic() - asked >= 5 * LEASE - LEASE  # it waited for the bound, not less
+        assert lease_row(a)["wanted"] is None
+    finally:
+        a.stop()
+        y.stop()

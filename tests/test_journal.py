@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import threading
 
+from mcp_supervisor.admin.journal import Journal, LogRing, ReloadResult, event_dict, matches
+from mcp_supervisor.config.redact import Redactor
 from mcp_supervisor.core import ChildExited, ChildStarted, EventBus, ExitReason, ProcessOutput
-from mcp_supervisor.journal import Journal, LogRing, ReloadResult, event_dict, matches
-from mcp_supervisor.redact import Redactor
-from tests.helpers import until
+from mcp_supervisor.testing import until
 
 
 def test_a_ring_keeps_the_last_lines_within_both_bounds() -> None:
@@ -17,13 +17,13 @@ def test_a_ring_keeps_the_last_lines_within_both_bounds() -> None:
     for i in range(10):
         ring.append("stdout", 7, f"line {i}")
     assert [line.text for line in ring.tail(10)] == ["line 7", "line 8", "line 9"]
-    assert ring.dropped == 7 and ring.first_seq == 8 and ring.last_seq == 10
+    assert ring.dropped == 7 and ring.last_seq == 10 and ring.missed_after(0) == 7 and ring.missed_after(5) == 2
     ring = LogRing(max_lines=100, max_bytes=25)  # each line costs its length + 1
     for i in range(10):
         ring.append("stderr", None, f"{i:09d}")
     assert [line.text for line in ring.tail(10)] == ["000000008", "000000009"] and ring.bytes == 20
     ring.append("stdout", None, "x" * 100)  # a line over the byte bound alone: not kept, the ring stays valid
-    assert len(ring) == 0 and ring.bytes == 0 and ring.last_seq == 11 and ring.first_seq == 12
+    assert len(ring) == 0 and ring.bytes == 0 and ring.last_seq == 11 and ring.missed_after(10) == 1
 
 
 def test_after_and_resize() -> None:
@@ -32,7 +32,7 @@ def test_after_and_resize() -> None:
         ring.append("stdout", 1, str(i))
     assert [line.seq for line in ring.after(4)] == [5, 6]
     ring.resize(2, 10_000)
-    assert [line.text for line in ring.tail(10)] == ["4", "5"] and ring.first_seq == 5
+    assert [line.text for line in ring.tail(10)] == ["4", "5"] and ring.missed_after(3) == 1
 
 
 def test_events_are_numbered_and_a_reader_that_fell_behind_learns_how_many_it_missed() -> None:
@@ -41,10 +41,25 @@ def test_events_are_numbered_and_a_reader_that_fell_behind_learns_how_many_it_mi
         journal.record(ChildStarted(path=f"c{i}", kind="worker", restarts=i))
     assert journal.last_id == 12
     missed, docs = journal.events_after(3)
-    assert missed == 4 and [d["id"] for d in docs] == [8, 9, 10, 11, 12]  # 4..7 are gone
+    ids = [f"{journal.boot}-{n}" for n in (8, 9, 10, 11, 12)]
+    assert missed == 4 and [d["id"] for d in docs] == ids  # 4..7 are gone
     assert journal.events_after(10) == (0, [journal.events_after(10)[1][0], journal.events_after(10)[1][1]])
     assert journal.events_after(12) == (0, [])
-    assert journal.events_after(0, limit=2)[1][0]["id"] == 8
+    assert journal.events_after(0, limit=2)[1][0]["id"] == ids[0]
+    assert journal.resume(ids[0]).after == 8 and journal.resume("8").after == 8
+    assert journal.resume("another-8").restarted and journal.resume("another-8").after == 0
+
+
+def test_lines_are_numbered_across_rings_so_a_subtree_merges_in_order() -> None:
+    journal = Journal()
+    journal.ring("s/a").append("stdout", 1, "first")
+    journal.ring("s/b").append("stdout", 2, "second")
+    journal.ring("sb").append("stdout", 3, "not below s")
+    journal.ring("s/a").append("stdout", 1, "third")
+    under = journal.rings_under("s")
+    assert {r.path for r in under} == {"s/a", "s/b"}
+    lines = sorted((line for r in under for line in r.tail(10)), key=lambda x: x.seq)
+    assert [(x.path, x.text) for x in lines] == [("s/a", "first"), ("s/b", "second"), ("s/a", "third")]
 
 
 def test_events_are_plain_data_and_redacted() -> None:

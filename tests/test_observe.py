@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import Daemon, wait_until
+from mcp_supervisor.testing import wait_until
+from mcp_supervisor.testing.daemon import Daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -168,4 +170,33 @@ def test_ctl_logs_of_an_unknown_child_is_a_clear_error(daemon: Daemon, tmp_path:
         [sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", daemon.admin, "logs", "nobody"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 1 and "404" in done.stderr and "nobody" in done.stderr
+    assert done.returncode == 1 and "404" in done.stderr and "no child at path 'nobody'" in done.stderr
+    assert "the root has: crasher, ticker, talker" in done.stderr and "ctl status" in done.stderr
+
+
+def test_ctl_follows_across_a_daemon_restart(tmp_path: Path) -> None:
+    """The new daemon numbers from 1 again: a follower resuming with the old run's id gets the new run's lines (and
+    a note that the daemon restarted), not silence."""
+    d = Daemon(tmp_path, TREE.split('[[tree.children]]\nid = "talker"', maxsplit=1)[0])
+    d.wait_ready()
+    logs, events = Ctl(d, "logs", "ticker", "-n", "1", "-f"), Ctl(d, "events", "-f", "--type", "ChildStarted")
+    try:
+        wait_until(lambda: any(" tick " in x for x in logs.out), 30, "ticks from the first run")
+        wait_until(lambda: any("ChildStarted ticker" in x for x in events.out), 30, "the first run's events")
+        d.relaunch()
+        d.wait_ready()
+        ready_at = time.monotonic()
+        pid = d.node("ticker")["pid"]
+        wait_until(lambda: any(f"ticker stdout[{pid}] tick" in x for x in logs.out), 10, "the new run's ticks")
+        took = time.monotonic() - ready_at
+        assert took < 2.0, f"the follower printed the new run's lines {took:.1f}s after it was ready"
+        assert any("the daemon restarted" in x for x in logs.out)
+        wait_until(lambda: any(f"ChildStarted ticker kind=process pid={pid}" in x for x in events.out), 10,
+                   "the new run's events")  # fmt: skip
+        for ctl in (logs, events):
+            code, err = ctl.interrupt()
+            assert code == 130 and "Traceback" not in err
+    finally:
+        logs.close()
+        events.close()
+        d.stop()

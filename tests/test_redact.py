@@ -8,9 +8,9 @@ from functools import partial
 
 import pytest
 
-from mcp_supervisor.app import BUILTIN_WORKERS
 from mcp_supervisor.config import parse_config as _parse_config
-from mcp_supervisor.redact import MASK, Redactor
+from mcp_supervisor.config.redact import MASK, Redactor
+from mcp_supervisor.daemon.builtins import BUILTIN_WORKERS
 from mcp_supervisor.telemetry import logs
 
 parse_config = partial(_parse_config, workers=BUILTIN_WORKERS)  # the daemon's built-in worker names
@@ -28,11 +28,31 @@ parse_config = partial(_parse_config, workers=BUILTIN_WORKERS)  # the daemon's b
         ("postgres://user@host/db", "postgres://user@host/db"),
         ("API_KEY=p4ss-word\nX", f"API_KEY={MASK}\nX"),
         ("the p4ss-word, quoted 'p4ss-word'", f"the {MASK}, quoted '{MASK}'"),
-        ("info information", f"{MASK} information"),  # a secret equal to a word only where it stands alone
+        ("informant informants", f"{MASK} informants"),  # a secret equal to a word only where it stands alone
+        ("missing Authorization: Bearer <token>", "missing Authorization: Bearer <token>"),  # a hint, not a value
+        ("Authorization: <the token>", "Authorization: <the token>"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
-    assert Redactor(["p4ss-word", "info", "abc"]).redact(text) == expected
+    assert Redactor(["p4ss-word", "informant", "abc"]).redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["local", "16379", "8080", "3.5", "true", "no", "./var/redis", "/tmp", "config/local.toml", "/tmp/not-yet-made"],
+)
+def test_what_cannot_be_a_secret_is_never_masked(value: str) -> None:
+    r = Redactor([value])
+    assert r.secrets == frozenset()
+    assert r.redact(f"at {value}: ok") == f"at {value}: ok"
+
+
+@pytest.mark.parametrize("value", ["hunter2-hunter2", "/no/such/dir/at/all/x9", "tok_8a7sd6f5", "12345678a"])
+def test_what_can_be_a_secret_is_masked_wherever_it_stands(value: str) -> None:
+    r = Redactor([value])
+    assert (
+        r.redact(f"x={value} and https://u:{value}@h/ and {value}.") == f"x={MASK} and https://u:{MASK}@h/ and {MASK}."
+    )
 
 
 def test_short_values_are_not_matched_and_structure_is_kept() -> None:
@@ -73,10 +93,10 @@ public_env = ["PORT"]
         "f.toml",
         env={},
     )
-    assert cfg.secrets == {"inline-pass", "from-a-file-secret", "url-pass", "abc", "env-secret"}
+    assert cfg.secrets == {"inline-pass", "from-a-file-secret", "url-pass", "env-secret"}
     assert cfg.warnings == (
-        "tree.children[2].config.token: shorter than 4 characters, so it cannot be redacted from logs; use a real "
-        "secret",
+        "tree.children[2].config.token: shorter than 8 characters, so it is not redacted from logs (a value that "
+        "short is not a secret); use a real secret",
     )
 
 

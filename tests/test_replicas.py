@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.daemon_helpers import Daemon, free_port, wait_until
+from mcp_supervisor.testing import free_port, wait_until
+from mcp_supervisor.testing.daemon import Daemon
 
 pytestmark = [pytest.mark.realtime, pytest.mark.timeout(120)]
 
@@ -164,17 +165,26 @@ def test_a_roll_stops_at_the_instance_that_fails_readiness(daemons: list[Daemon]
     assert d.node("web#3")["pid"] == before["web#3"] and d.node("web#3")["state"] == "running"
     assert d.node("web#2")["state"] == "stopped"
     (tmp_path / "block-2").unlink()
-    cli = [sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", d.admin, "--token-file", str(d.token_file)]
+    cli = [
+        sys.executable,
+        "-m",
+        "mcp_supervisor.cli",
+        "ctl",
+        "--admin",
+        d.admin,
+        "--token-file",
+        str(d.token_file),
+    ]
     done = subprocess.run([*cli, "restart", "--rolling", "web"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert d.node("web#2")["state"] == "running"
     (tmp_path / "block-3").touch()
     done = subprocess.run([*cli, "restart", "--rolling", "web"], capture_output=True, text=True, check=False)
     assert done.returncode == 1
-    assert done.stderr.startswith("rolling restart stopped at web#3: ")
+    assert done.stderr.startswith("web: rolling restart stopped at web#3: ")
     assert "replaced: web#0, web#1, web#2; untouched: none" in done.stdout
     done = subprocess.run([*cli, "scale", "web", "2"], capture_output=True, text=True, check=False)
-    assert done.returncode == 0 and '"stopped": [\n    "web#3"' in done.stdout, done
+    assert done.returncode == 0 and done.stdout.startswith("web: 2 instances (started none; stopped web#3"), done
 
 
 def test_scale_up_and_down_and_a_reload_with_new_instances_touch_no_other_instance(

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import Daemon, wait_until
-from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer
+from mcp_supervisor.testing import wait_until
+from mcp_supervisor.testing.daemon import Daemon
+from mcp_supervisor.testing.servers import BaoServer, MotoServer, PgServer, RedisServer
 
 ADMIN = "adm1n-Planted-Token-7f3a9c"
 PG_PW = "pg-Planted-Pass-91bd"

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_helpers import TOKEN, free_port, wait_until
+from mcp_supervisor.testing import free_port, wait_until
+from mcp_supervisor.testing.daemon import TOKEN
 
 pytestmark = pytest.mark.realtime
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_supervisor.systemd import MAX_VALUE, Notifier
+from mcp_supervisor.daemon.systemd import MAX_VALUE, Notifier
 
 pytestmark = pytest.mark.realtime
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_helpers import TOKEN, Daemon, free_port, wait_until
+from mcp_supervisor.testing import free_port, wait_until
+from mcp_supervisor.testing.daemon import TOKEN, Daemon
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -127,18 +129,96 @@ def test_the_page_shows_the_live_tree_and_follows_a_kill_9_without_reloading(pag
     assert page.problems == []
 
 
-def test_the_page_fits_a_phone(browser: Any, daemon: Daemon) -> None:
+def test_the_page_fits_a_phone_and_its_actions_are_on_screen(browser: Any, daemon: Daemon) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         page = context.new_page()
         page.goto(f"http://{daemon.admin}/ui/")
         page.wait_for_selector("#tree tbody tr[data-path='web']")
-        # nothing wider than the screen but the tree's own scroll box
+        # nothing wider than the screen, and the tree's actions within it without scrolling sideways
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.evaluate(f"sessionStorage.setItem('mcp-supervisor-token', '{TOKEN}')")
+        page.reload()
+        button = "#tree tbody tr[data-path='web'] button[data-action='restart']"
+        page.wait_for_selector(f"{button}:not([disabled])")
+        boxes = page.evaluate(  # every action of every child, on screen (measured at once: rows are redrawn)
+            "[...document.querySelectorAll('#tree tbody button')].map(b => b.getBoundingClientRect().toJSON())"
+        )
+        assert len(boxes) == 9 and all(b["x"] >= 0 and b["x"] + b["width"] <= 390 for b in boxes), boxes
+        before = daemon.node("web")["pid"]
+        page.tap(button)
+        wait_until(lambda: daemon.node("web")["pid"] not in (None, before), 30, "web restarted from the phone")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "ui-observer-phone.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_stop_asks_first(page: Page, daemon: Daemon) -> None:
+    page.page.evaluate(f"sessionStorage.setItem('mcp-supervisor-token', '{TOKEN}')")
+    page.page.reload()
+    button = "#tree tbody tr[data-path='web'] button[data-action='stop']"
+    page.page.wait_for_selector(f"{button}:not([disabled])")
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.page.once("dialog", dismiss)
+    page.page.click(button)
+    wait_until(lambda: asked, 10, "the confirmation")
+    assert "Stop web?" in asked[0] and daemon.node("web")["state"] == "running"  # dismissed: nothing happened
+    page.page.once("dialog", lambda d: d.accept())
+    page.page.click(button)
+    wait_until(lambda: daemon.node("web")["state"] == "stopped", 30, "web stopped once confirmed")
+    code, body, _ = daemon.request("POST", "/children/web/start")
+    assert code == 200, body
+
+
+def test_a_new_tab_shows_the_latest_reload_not_an_old_failure_and_hides_telemetry(browser: Any, daemon: Daemon) -> None:
+    good = daemon.config.read_text()
+    daemon.config.write_text(good.replace("intensity = 1000", "intensity = -1"))
+    assert daemon.request("POST", "/reload?wait=1")[0] == 422
+    daemon.config.write_text(good)
+    assert daemon.request("POST", "/reload?wait=1")[0] == 200
+    assert daemon.request("POST", "/health/check")[0] == 200  # a HealthRound: service telemetry
+    p = Page(browser, daemon)
+    try:
+        p.wait("[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('reload applied'))")
+        assert "reload failed" not in p.page.inner_text("#message")
+        noise = "[...document.querySelectorAll('#events li.noise')]"
+        p.wait(f"{noise}.length > 0")
+        assert p.page.evaluate(f"{noise}.every(li => li.offsetParent === null)")  # hidden by default
+        p.page.check("#show-noise")
+        assert p.page.evaluate(f"{noise}.some(li => li.offsetParent !== null)")
+        assert p.problems == []
+    finally:
+        p.close()
+
+
+def kill_connections_to(port: int) -> None:
+    """Drop every TCP connection to ``port`` from the server's side of the world (ss -K: the kernel resets them)."""
+    subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", str(port)], capture_output=True, check=False)
+
+
+def test_a_page_that_reconnects_shows_each_event_once(page: Page, daemon: Daemon) -> None:
+    for _ in range(2):
+        assert daemon.request("POST", "/children/web/restart")[0] == 200
+    restarts = daemon.node("web")["restarts"]
+    started = "[...document.querySelectorAll('#events li.ChildStarted')].filter(li => li.textContent.includes(' web '))"
+    page.wait(f"{started}.length === {restarts + 1}")
+    page.page.evaluate("window.__sameDocument = true")
+    kill_connections_to(daemon.port)
+    page.wait("document.getElementById('conn').textContent !== 'live'", 20)  # the stream dropped...
+    page.wait("document.getElementById('conn').textContent === 'live'", 30)  # ...and the browser reconnected
+    assert daemon.request("POST", "/children/web/restart")[0] == 200
+    page.wait(f"{started}.length === {restarts + 2}")
+    ids = page.page.evaluate("[...document.querySelectorAll('#events li')].map(li => li.dataset.id).filter(x => x)")
+    assert len(ids) == len(set(ids)), "an event shown twice"
+    spark = "document.querySelector(\"#tree tbody tr[data-path='web'] td.spark\").title"
+    page.wait(f"{spark}.startsWith('{restarts + 1} restart(s)')")  # each restart counted once (a replay: twice)
+    assert page.page.evaluate("window.__sameDocument") is True
 
 
 def test_a_childs_crash_output_is_readable_after_it_restarted(page: Page, daemon: Daemon) -> None:
@@ -149,6 +229,26 @@ def test_a_childs_crash_output_is_readable_after_it_restarted(page: Page, daemon
         f"[...document.querySelectorAll('#logs span.stderr')].some(s => s.textContent.includes('oops from') &&"
         f" !s.textContent.includes('{current}'))"
     )  # the previous run's stderr, marked with its own pid
+    assert page.problems == []
+
+
+def test_a_selected_child_shows_why_it_ended_and_every_row_its_memory(page: Page, daemon: Daemon) -> None:
+    wait_until(lambda: len(daemon.request("GET", "/children/crasher/exits")[1]["exits"]) >= 2, 30, "two exits")
+    page.page.click("#tree tbody tr[data-path='crasher'] td:first-child")
+    page.wait("!document.getElementById('why-panel').hidden")
+    page.wait("document.querySelectorAll('#exits tbody tr').length >= 2")
+    first = page.page.locator("#exits tbody tr").first  # the latest end first
+    assert first.locator("td:nth-child(5)").inner_text() == "crash"
+    assert first.locator("td:nth-child(6)").inner_text() == "exit code 3"
+    assert "oops from" in str(first.get_attribute("title"))  # its last output lines
+    assert page.page.inner_text("#why-path") == "crasher" and page.page.inner_text("#diagnosis")
+    page.wait(
+        "/(KiB|MiB) · \\d+\\.\\ds/.test(document.querySelector(\"#tree tr[data-path='web'] td.resources\").textContent)"
+    )
+    assert page.page.inner_text("#alerts") == "none configured"
+    page.wait(
+        "document.querySelector(\"#tree tr[data-path='crasher'] td.state\").textContent.includes('crash-looping')"
+    )
     assert page.problems == []
 
 
@@ -199,7 +299,7 @@ def test_a_forged_cross_origin_post_is_refused(browser: Any, daemon: Daemon) -> 
         assert "missing Authorization" in page.content()  # ...and refused with 401
         wait_until(
             lambda: sum(1 for e in daemon.log_events() if e.get("event") == "admin mutation"
-                        and str(e.get("outcome", "")).startswith("denied 401")) >= 2, 30, "both attempts denied",
+                        and e.get("outcome") == "denied" and e.get("status") == 401) >= 2, 30, "both attempts denied",
         )  # fmt: skip
     finally:
         context.close()
@@ -212,7 +312,7 @@ def test_a_forged_cross_origin_post_is_refused(browser: Any, daemon: Daemon) -> 
 def test_in_fleet_mode_the_page_shows_the_nodes_and_the_singletons_holder(
     browser: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from tests.services.servers import PgServer
+    from mcp_supervisor.testing.servers import PgServer
 
     pg = PgServer()
     pg.start()

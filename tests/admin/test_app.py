@@ -11,16 +11,17 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
-from mcp_supervisor.admin.server import AdminState, allowed_hosts, build_app
-from mcp_supervisor.core import ChildContext, State, SupervisorSpec, Tree, WorkerSpec
-from mcp_supervisor.redact import Redactor
-from tests.helpers import until
+from mcp_supervisor.admin.seams import ReloadReport, TreePort
+from mcp_supervisor.admin.server import build_app
+from mcp_supervisor.config.redact import Redactor
+from mcp_supervisor.core import Address, ChildContext, State, SupervisorSpec, Tree, WorkerSpec
+from mcp_supervisor.testing import until
 
 TOKEN = "an-admin-token-of-some-length"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def idle(ctx: ChildContext) -> None:
+async def idle(ctx: ChildContext[Any]) -> None:
     ctx.started()
     await asyncio.Event().wait()
 
@@ -35,10 +36,29 @@ class Audit:
         self.lines.append((event, kw))
 
 
+@dataclass(kw_only=True)
+class Port(TreePort):
+    """The bare tree's port, with a config that loads once and then is broken (or ``leak``s a secret)."""
+
+    reloads: list[str] = field(default_factory=list)
+    leak: bool = False
+
+    def validate(self) -> str | None:
+        return "supervision.toml:3: tree.intensity: must be an integer" if self.reloads else None
+
+    async def reload(self) -> ReloadReport:
+        if self.leak:
+            return ReloadReport(ok=False, error="could not connect with password sekrit-value")
+        self.reloads.append("reload")
+        if len(self.reloads) > 1:
+            return ReloadReport(ok=False, error="supervision.toml:3: tree.intensity: must be an integer")
+        return ReloadReport(ok=True)
+
+
 @dataclass
 class Admin:
     client: TestClient[Any, Any]
-    state: AdminState
+    state: Port
     audit: Audit
     reloads: list[str]
 
@@ -52,27 +72,15 @@ async def admin() -> AsyncIterator[Admin]:
             SupervisorSpec(id="edge", children=[WorkerSpec(id="proxy", run=idle)]),
         ],
     )
-    audit, reloads = Audit(), []
-
-    async def reload() -> dict[str, Any]:
-        reloads.append("reload")
-        if len(reloads) > 1:
-            return {"ok": False, "error": "supervision.toml:3: tree.intensity: must be an integer"}
-        return {"ok": True, "changes": []}
-
+    audit = Audit()
     async with Tree(spec) as tree:
-        state = AdminState(
-            tree=tree,
-            log=audit,
-            metrics=lambda: (b"mcp_up 1\n", "text/plain; version=0.0.4"),
-            reload=reload,
-            token=TOKEN,
-            redact=Redactor({"sekrit-value"}).redact_value,
-        )
+        state = Port(tree=tree, log=audit, metrics_text=b"mcp_up 1\n", token=TOKEN)
         port = unused_port()
-        server = TestServer(build_app(state, allowed_hosts(f"127.0.0.1:{port}")), host="127.0.0.1", port=port)
-        async with TestClient(server) as client:
-            yield Admin(client, state, audit, reloads)
+        app = build_app(
+            state, state, Address.parse(f"127.0.0.1:{port}").allowed_hosts(), Redactor({"sekrit-value"}).redact_value
+        )
+        async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as client:
+            yield Admin(client, state, audit, state.reloads)
 
 
 async def test_status_is_the_typed_tree_as_json(admin: Admin) -> None:
@@ -126,7 +134,7 @@ async def test_mutations_need_the_token_and_are_audited(admin: Admin, headers: d
         assert resp.headers["WWW-Authenticate"] == "Bearer"
     assert admin.state.tree.child("a").restarts == 0
     event, kw = admin.audit.lines[-1]
-    assert event == "admin mutation" and kw["action"] == "restart a" and kw["outcome"] == f"denied {status}"
+    assert event == "admin mutation" and kw["action"] == "restart a" and kw["outcome"] == "denied"
     assert TOKEN not in repr(admin.audit.lines)
 
 
@@ -141,6 +149,7 @@ async def test_restart_stop_start_by_path(admin: Admin) -> None:
     resp = await admin.client.post("/children/edge/proxy/restart", headers=AUTH)
     body = await resp.json()
     assert resp.status == 200 and body["child"]["path"] == "edge/proxy" and body["child"]["restarts"] == 1
+    assert body["previous_pid"] is None  # a worker has no pid
     assert (await admin.client.post("/children/a/stop", headers=AUTH)).status == 200
     assert tree.child("a").state is State.STOPPED
     resp = await admin.client.post("/children/a/stop", headers=AUTH)
@@ -149,7 +158,8 @@ async def test_restart_stop_start_by_path(admin: Admin) -> None:
     await until(lambda: tree.child("a").state is State.RUNNING)
     resp = await admin.client.post("/children/nope/restart", headers=AUTH)
     assert resp.status == 404 and "nope" in (await resp.json())["error"]
-    assert [kw["outcome"] for _, kw in admin.audit.lines] == ["ok", "ok", "ok", "ok", "not found"]
+    assert [kw["outcome"] for _, kw in admin.audit.lines] == ["ok", "ok", "ok", "ok", "not_found"]
+    assert admin.state.audit_log[-1] == ("restart nope", "not_found")
 
 
 async def test_reload_answers_the_result_and_422_when_the_config_is_invalid(admin: Admin) -> None:
@@ -162,10 +172,14 @@ async def test_reload_answers_the_result_and_422_when_the_config_is_invalid(admi
     assert admin.reloads == ["reload", "reload"]
 
 
-async def test_reload_without_waiting_is_accepted_and_runs(admin: Admin) -> None:
+async def test_reload_without_waiting_is_accepted_and_runs_unless_the_file_is_invalid(admin: Admin) -> None:
     resp = await admin.client.post("/reload?wait=0", headers=AUTH)
     assert resp.status == 202 and (await resp.json()) == {"accepted": True}
     await until(lambda: admin.reloads == ["reload"])
+    resp = await admin.client.post("/reload?wait=0", headers=AUTH)  # now the file is broken: refused at once,
+    assert resp.status == 422 and "tree.intensity" in (await resp.json())["error"]
+    # by the reload itself (which counts, logs and alerts a refused reload), not behind the caller's back
+    assert admin.reloads == ["reload", "reload"] and admin.state.audit_log[-1] == ("reload", "invalid")
 
 
 @pytest.mark.parametrize(
@@ -175,13 +189,17 @@ async def test_reload_without_waiting_is_accepted_and_runs(admin: Admin) -> None
         ("POST", "/status", 405, "use GET"),
         ("GET", "/nowhere", 404, "not found"),
         ("GET", "/status?verbose=1", 400, "unknown query parameter 'verbose'"),
-        ("POST", "/children/a/explode", 404, "not found"),
+        ("POST", "/children/a/explode", 400, "unknown action 'explode'"),
+        ("GET", "/", 200, ""),  # a redirect to /ui/, followed
     ],
 )
 async def test_routing_errors_are_json_and_name_the_problem(
     admin: Admin, method: str, path: str, status: int, needle: str
 ) -> None:
     resp = await admin.client.request(method, path, headers=AUTH)
+    if path == "/":
+        assert resp.status == 200 and str(resp.url).endswith("/ui/") and "text/html" in resp.content_type
+        return
     body = await resp.json()
     assert resp.status == status and body["status"] == status and needle in body["error"], body
     if status == 405:
@@ -200,10 +218,7 @@ async def test_a_body_over_the_limit_is_refused(admin: Admin) -> None:
 
 
 async def test_responses_pass_through_the_redactor(admin: Admin) -> None:
-    async def leaky() -> dict[str, Any]:
-        return {"ok": False, "error": "could not connect with password sekrit-value"}
-
-    admin.state.reload = leaky
+    admin.state.leak = True
     resp = await admin.client.post("/reload", headers=AUTH)
     text = await resp.text()
     assert resp.status == 422 and "sekrit-value" not in text and "[REDACTED]" in text

@@ -14,14 +14,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
-from mcp_supervisor.admin.server import STREAMS, AdminState, allowed_hosts, build_app
+from mcp_supervisor.admin.journal import Journal
+from mcp_supervisor.admin.seams import TreePort
+from mcp_supervisor.admin.server import STREAMS, build_app
 from mcp_supervisor.admin.streams import Streams
-from mcp_supervisor.core import ChildContext, ProcessSpec, SupervisorFlags, SupervisorSpec, Tree, WorkerSpec
-from mcp_supervisor.journal import Journal
-from tests.helpers import until
+from mcp_supervisor.core import Address, ChildContext, ProcessSpec, SupervisorFlags, SupervisorSpec, Tree, WorkerSpec
+from mcp_supervisor.testing import until
 
 
-async def idle(ctx: ChildContext) -> None:
+async def idle(ctx: ChildContext[Any]) -> None:
     ctx.started()
     await asyncio.Event().wait()
 
@@ -72,17 +73,18 @@ async def port() -> AsyncIterator[Port]:
     tree = Tree(spec)
     pump = asyncio.ensure_future(journal.pump(tree.bus))  # subscribed before anything starts
     async with tree:
-        state = AdminState(tree=tree, log=Audit(), metrics=lambda: (b"", "text/plain"), reload=_no_reload,
-                           token="a-token-of-sixteen+", journal=journal)  # fmt: skip
+        state = TreePort(tree=tree, log=Audit(), token="a-token-of-sixteen+", journal=journal)
         p = unused_port()
-        app = build_app(state, allowed_hosts(f"127.0.0.1:{p}"))
+        app = build_app(state, state, Address.parse(f"127.0.0.1:{p}").allowed_hosts())
         async with TestClient(TestServer(app, host="127.0.0.1", port=p)) as client:
             yield Port(client, tree, journal, app[STREAMS], p)
         pump.cancel()
 
 
-async def _no_reload() -> dict[str, Any]:
-    return {"ok": True, "changes": []}
+def number(eid: str | None) -> int:
+    """The number in an id given out (``"<boot>-<number>"``)."""
+    assert eid is not None
+    return int(eid.rpartition("-")[2])
 
 
 async def restart(port: Port, path: str, times: int = 1) -> None:
@@ -97,7 +99,8 @@ async def test_recent_events_as_json_lines_filtered_by_path(port: Port) -> None:
     assert resp.status == 200 and resp.content_type == "application/x-ndjson"
     docs = [json.loads(line) for line in (await resp.text()).splitlines()]
     assert len(docs) == 3 and {d["path"] for d in docs} == {"a"}
-    assert [d["id"] for d in docs] == sorted(d["id"] for d in docs)
+    assert [number(d["id"]) for d in docs] == sorted(number(d["id"]) for d in docs)
+    assert {d["id"].rpartition("-")[0] for d in docs} == {port.journal.boot}
 
 
 async def test_a_follower_resumes_with_last_event_id_and_misses_nothing(port: Port) -> None:
@@ -113,7 +116,30 @@ async def test_a_follower_resumes_with_last_event_id_and_misses_nothing(port: Po
     ) as resp:
         again = await sse(resp, 2)
     assert [e[1] for e in again] == ["ChildExited", "ChildStarted"]
-    assert int(again[0][0] or 0) > int(last or 0) and again[1][2]["restarts"] == 2
+    assert number(again[0][0]) > number(last) and again[1][2]["restarts"] == 2
+
+
+async def test_a_follower_of_an_earlier_incarnation_gets_a_gap_and_this_ones_backlog(port: Port) -> None:
+    """Its id's boot is not this daemon's: the numbers start over here, so 'after N' would be silence."""
+    await restart(port, "a")
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": "0ldb00t-999999"}
+    async with port.client.get("/events?path=a", headers=headers) as resp:
+        gap, *backlog = await sse(resp, 3)
+    assert gap[1] == "gap" and gap[2] == {"missed": 0, "restarted": True}
+    assert [e[1] for e in backlog] == ["ChildStarted", "ChildExited"]  # from this incarnation's first event
+    assert number(backlog[0][0]) <= 2
+
+
+async def test_the_last_event_id_header_wins_over_the_query_parameter(port: Port) -> None:
+    """A browser's EventSource reconnects to the same URL (``last_event_id=0``) and sends the header."""
+    await restart(port, "a")
+    last = f"{port.journal.boot}-{port.journal.last_id}"
+    await restart(port, "a")
+    headers = {"Last-Event-ID": last}
+    async with port.client.get("/events?follow=1&path=a&last_event_id=0", headers=headers) as resp:
+        again = await sse(resp, 2)
+    assert [e[1] for e in again] == ["ChildExited", "ChildStarted"] and number(again[0][0]) > number(last)
+    assert (await port.client.get("/events?last_event_id=zz-x")).status == 400
 
 
 async def test_a_reader_behind_the_ring_gets_a_gap_with_the_count(port: Port) -> None:
@@ -122,7 +148,7 @@ async def test_a_reader_behind_the_ring_gets_a_gap_with_the_count(port: Port) ->
     async with port.client.get(f"/events?follow=1&last_event_id={start}") as resp:
         (gap, first) = await sse(resp, 2)
     assert gap[1] == "gap" and gap[2]["missed"] >= 30
-    assert first[0] is not None and int(first[0]) == start + gap[2]["missed"] + 1
+    assert number(first[0]) == start + gap[2]["missed"] + 1
 
 
 async def test_streams_are_capped(port: Port) -> None:
@@ -154,6 +180,31 @@ async def test_logs_tail_text_and_follow(port: Port) -> None:
         fresh = await sse(resp, 5)  # the new incarnation's lines, marked with its pid
     assert [f[2]["text"] for f in fresh] == [f"line {i}" for i in range(5)] and fresh[0][2]["pid"] != old_pid
     assert (await port.client.get("/children/nobody/logs")).status == 404
+    assert (await port.client.get("/children/talker/logs?format=yaml")).status == 400
+
+
+async def test_a_supervisors_logs_merge_its_childrens_lines_in_order(port: Port) -> None:
+    spec = SupervisorSpec(id="pair", children=[
+        ProcessSpec(id="one", command=["sh", "-c", "echo one-a; echo one-b; exec sleep 1000"]),
+        ProcessSpec(id="two", command=["sh", "-c", "echo two-a; exec sleep 1000"]),
+    ])  # fmt: skip
+    await port.tree.start_child("", spec)
+    await until(
+        lambda: len(port.journal.rings_under("pair")) == 2 and sum(map(len, port.journal.rings_under("pair"))) == 3
+    )
+    lines = [json.loads(x) for x in (await (await port.client.get("/children/pair/logs")).text()).splitlines()]
+    assert sorted((x["path"], x["text"]) for x in lines) == [
+        ("pair/one", "one-a"),
+        ("pair/one", "one-b"),
+        ("pair/two", "two-a"),
+    ]
+    assert [x["seq"] for x in lines] == sorted(x["seq"] for x in lines)
+    text = await (await port.client.get("/children/pair/logs?format=text")).text()
+    assert " pair/two stdout[" in text
+    async with port.client.get("/children/pair/logs?follow=1&lines=0") as resp:
+        await port.tree.restart("pair/two")
+        (fresh,) = await sse(resp, 1)
+    assert fresh[2]["path"] == "pair/two" and fresh[2]["text"] == "two-a"
 
 
 async def test_a_reader_that_stops_reading_never_slows_the_tree_and_is_closed(port: Port) -> None:

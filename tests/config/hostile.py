@@ -12,8 +12,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from mcp_supervisor.app import BUILTIN_WORKERS
-from mcp_supervisor.settings import is_secret_key
+from mcp_supervisor.config.settings import is_secret_key
+from mcp_supervisor.daemon.builtins import BUILTIN_WORKERS
 
 SECRET = "S3cr3t-Planted-C0FFEE-42"
 ENV = {"SET": "5", "EMPTY": "", "SECRET_VAR": SECRET, "HOME": "/root"}

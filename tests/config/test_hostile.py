@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 
-from mcp_supervisor.app import BUILTIN_WORKERS
 from mcp_supervisor.config import ConfigError
 from mcp_supervisor.config import parse_config as _parse_config
 from mcp_supervisor.core import ChildContext, SupervisorSpec
+from mcp_supervisor.daemon.builtins import BUILTIN_WORKERS
+from mcp_supervisor.testing import wait_until
+from mcp_supervisor.testing.daemon import Daemon
 from tests.config.hostile import ENV, SECRET, documents, render
-from tests.daemon_helpers import Daemon, wait_until
 
 FILE = "h.toml"
 LOCATED = re.compile(rf"^{re.escape(FILE)}(:\d+)?: \S")
@@ -119,7 +120,7 @@ def test_hostile_values_get_the_exact_message(toml: str, expected: str) -> None:
 
 
 def test_a_factory_that_fails_unexpectedly_names_its_child() -> None:
-    def broken(_: Mapping[str, Any]) -> Callable[[ChildContext], Awaitable[None]]:
+    def broken(_: Mapping[str, Any]) -> Callable[[ChildContext[Any]], Awaitable[None]]:
         raise OverflowError("cannot convert float infinity to integer")
 
     with pytest.raises(ConfigError) as err:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from mcp_supervisor.app import BUILTIN_WORKERS
 from mcp_supervisor.config import ConfigError
 from mcp_supervisor.config import parse_config as _parse_config
 from mcp_supervisor.config.locate import too_deep
 from mcp_supervisor.core import ProcessSpec, ReadyTCP, SupervisorSpec
+from mcp_supervisor.daemon.builtins import BUILTIN_WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +44,7 @@ parse_config = partial(_parse_config, workers=BUILTIN_WORKERS)  # the daemon's b
 
 def test_the_documented_shape_builds_the_specs() -> None:
     cfg = parse_config(FULL, "f.toml", env={"MODE": "prod"})
-    assert cfg.daemon.admin == "unix:/run/mcp/admin.sock" and cfg.daemon.log_format == "json"
+    assert str(cfg.daemon.admin) == "unix:/run/mcp/admin.sock" and cfg.daemon.log_format == "json"
     edge = cfg.tree.children[0]
     assert isinstance(edge, SupervisorSpec) and edge.flags.strategy == "rest_for_one"
     proxy = edge.children[0]
@@ -108,23 +107,6 @@ def test_the_production_template_passes_check_config() -> None:
     assert "valid" in run.stdout
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("unit", ["mcp-supervisor.service", "mcp-supervisor-notify-reload.service"])
-def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
-    text = (ROOT / "systemd" / unit).read_text()
-    exe = ROOT / ".venv/bin/mcp-supervisor"
-    (tmp_path / unit).write_text(text.replace("/opt/mcp-supervisor/bin/mcp-supervisor", str(exe)))
-    run = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    version = int(subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True).stdout.split()[1])
-    problems = [line for line in run.stderr.splitlines() if unit in line]
-    if version >= 254 or unit == "mcp-supervisor.service":
-        assert problems == []
-    else:  # older systemd only ignores the newer keys, exactly these
-        assert all(("notify-reload" in p or "Unknown key" in p) for p in problems), problems
-    assert "KillMode=mixed" in text and "RestartPreventExitStatus=78" in text
-
-
 def test_the_docker_env_makes_the_template_valid() -> None:
     import os
 
@@ -158,3 +140,49 @@ def test_the_docker_env_makes_the_template_valid() -> None:
 )
 def test_nesting_is_measured_outside_strings_and_comments(text: str, line: int | None) -> None:
     assert too_deep(text, 2) == line
+
+
+@pytest.mark.parametrize(
+    ("child", "token", "message"),
+    [
+        ('command = ["sleep", "1"]', "short", "daemon.admin_token_file: the token in "),
+        (
+            'command = ["no-such-program-x9"]',
+            None,
+            "tree.children[0].command[0]: program 'no-such-program-x9' not found",
+        ),
+        ('command = ["./not-executable"]', None, "not-executable is not executable"),
+        ('command = ["./missing"]', None, "tree.children[0].command[0]: program './missing' not found (relative to"),
+        ('command = ["sleep", "1"]\nuser = "no-such-user-x9"', None, "tree.children[0].user: no user named"),
+        ('command = ["sleep", "1"]\ngroup = "no-such-group-x9"', None, "tree.children[0].group: no group named"),
+    ],
+)
+def test_check_config_refuses_what_run_refuses(tmp_path: Path, child: str, token: str | None, message: str) -> None:
+    """check-config's verdict is run's: the token file, the programs and the users are checked by both."""
+    (tmp_path / "not-executable").write_text("#!/bin/sh\n")
+    daemon = ""
+    if token is not None:
+        (tmp_path / "token").write_text(token)
+        daemon = f'[daemon]\nadmin_token_file = "{tmp_path / "token"}"\n'
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'{daemon}[tree]\n[[tree.children]]\nid = "a"\n{child}\n')
+    for command in ("check-config", "run"):
+        done = subprocess.run([str(ROOT / ".venv/bin/mcp-supervisor"), command, "--config", str(cfg)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+        assert done.returncode == 78, (command, done.stdout, done.stderr)
+        assert message in done.stdout + done.stderr, (command, done.stdout, done.stderr)
+        assert "c.toml:" in done.stdout + done.stderr
+
+
+def test_a_key_after_brackets_inside_strings_is_still_located() -> None:
+    text = '[tree]\n[[tree.children]]\nid = "a"\ncommand = ["sh", "-c", "echo {{{ [[["]\nrestart = "sometimes"\n'
+    with pytest.raises(ConfigError, match=r"^f.toml:5: tree.children\[0\].restart"):
+        parse_config(text, "f.toml", env={})
+
+
+def test_start_retries_is_a_child_key_checked_like_the_others() -> None:
+    base = '[tree]\n[[tree.children]]\nid = "a"\ncommand = ["sleep", "1"]\nstart_retries = {}\n'
+    assert parse_config(base.format(3), "f.toml", env={}).tree.children[0].start_retries == 3
+    assert parse_config(base.format('"${N:-2}"'), "f.toml", env={}).tree.children[0].start_retries == 2
+    with pytest.raises(ConfigError, match=r"^f.toml:5: tree.children\[0\].start_retries: must be an integer 0..1000"):
+        parse_config(base.format(-1), "f.toml", env={})

@@ -17,12 +17,13 @@ from mcp_supervisor.core import (
     RestartScheduled,
     ShutdownTimeout,
     State,
+    Strategy,
     SupervisorFlags,
     SupervisorSpec,
     Tree,
     WorkerSpec,
 )
-from tests.helpers import Recorder, Scripted, until
+from mcp_supervisor.testing import Recorder, Scripted, until
 
 
 def delayed_tree(
@@ -32,7 +33,7 @@ def delayed_tree(
     a, b = Scripted(), Scripted()
     spec = SupervisorSpec(
         id="root",
-        flags=SupervisorFlags(intensity=intensity, period=60, strategy=strategy),
+        flags=SupervisorFlags(intensity=intensity, period=60, strategy=Strategy(strategy)),
         children=[WorkerSpec(id="a", run=a.run, backoff=backoff), WorkerSpec(id="b", run=b.run)],
     )
     tree = Tree(spec, clock=clock)
@@ -108,7 +109,7 @@ async def test_terminating_a_child_waiting_for_its_delay_cancels_the_restart() -
 
 
 async def test_group_restart_waits_for_the_failed_childs_delay() -> None:
-    tree, a, b, clock, rec = delayed_tree(Backoff(initial=3, max=3, jitter=0), strategy="one_for_all")
+    tree, a, b, clock, rec = delayed_tree(Backoff(initial=3, max=3, jitter=0), strategy=Strategy.ONE_FOR_ALL)
     async with tree:
         a.end("crash")
         await rec.wait(lambda e: isinstance(e, RestartScheduled))
@@ -157,6 +158,26 @@ async def test_in_process_child_that_overruns_its_shutdown_is_reported_not_claim
     stuck.release_cleanup.set()
 
 
+async def test_an_operator_restart_of_a_worker_that_overruns_its_shutdown_starts_a_new_incarnation() -> None:
+    """OTP would kill the old one; Python cannot, so it is reported and detached, and the new one starts anyway."""
+    clock = ManualClock()
+    stuck = Scripted()
+    stuck.release_cleanup = asyncio.Event()
+    tree = Tree(SupervisorSpec(id="root", children=[WorkerSpec(id="s", run=stuck.run, shutdown=2)]), clock=clock)
+    rec = Recorder(tree.bus)
+    async with tree:
+        restarting = asyncio.ensure_future(tree.restart("s"))
+        await until(lambda: ("stop", "s") in stuck.log and clock.pending)
+        clock.advance(2)
+        await restarting
+        assert rec.of(ChildUnstopped, "s")
+        assert stuck.incarnations == 2
+        assert tree.child("s").state is State.RUNNING
+        stuck.release_cleanup.set()
+        await tree.restart("s")  # the detached old incarnation does not block later restarts either
+        assert stuck.incarnations == 3
+
+
 async def test_brutal_kill_does_not_wait_for_cleanup() -> None:
     stuck = Scripted()
     stuck.release_cleanup = asyncio.Event()
@@ -202,7 +223,7 @@ async def test_dynamic_children_stop_all_at_once_with_one_timer() -> None:
     clock = ManualClock()
     spec = SupervisorSpec(
         id="root",
-        flags=SupervisorFlags(strategy="simple_one_for_one"),
+        flags=SupervisorFlags(strategy=Strategy.SIMPLE_ONE_FOR_ONE),
         children=[WorkerSpec(id="job", run=worker, shutdown=1)],
     )
     tree = Tree(spec, clock=clock)
@@ -240,3 +261,36 @@ async def test_deadline_cancels_only_itself() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert Sweeper.of(asyncio.get_running_loop()).active == {}  # nothing left watched
+
+
+@pytest.mark.parametrize(("retries", "fails", "started"), [(2, 2, True), (1, 2, False), (0, 1, False)])
+async def test_start_retries_try_a_failed_first_start_again_after_the_backoff(
+    retries: int, fails: int, started: bool
+) -> None:
+    """supervisord's startretries, opt-in: the first start is tried again with the child's backoff delays; 0 keeps
+    OTP's rule (a failed first start fails the supervisor's start)."""
+    clock = ManualClock()
+    flaky = Scripted(fail_starts=fails)
+    spec = SupervisorSpec(id="root", children=[
+        WorkerSpec(id="w", run=flaky.run, start_retries=retries, backoff=Backoff(initial=2, max=8, jitter=0)),
+    ])  # fmt: skip
+    tree = Tree(spec, clock=clock)
+    rec = Recorder(tree.bus)
+    starting = asyncio.ensure_future(tree.start())
+    for attempt in range(min(fails, retries)):
+
+        def scheduled(a: int = attempt) -> bool:
+            return len(rec.of(RestartScheduled, "w")) == a + 1 and bool(clock.pending)
+
+        await until(scheduled)
+        assert rec.of(RestartScheduled, "w")[-1].delay_s == 2 * 2**attempt
+        assert not starting.done()
+        clock.advance(2 * 2**attempt)
+    if started:
+        await starting
+        assert tree.child("w").state is State.RUNNING and flaky.incarnations == fails + 1
+        await tree.stop()
+    else:
+        with pytest.raises(FailedToStartChild, match="boom during start"):
+            await starting
+        assert flaky.incarnations == retries + 1

@@ -20,8 +20,10 @@ from mcp_supervisor.core import (
     NoSuchPath,
     NotRunning,
     OperationError,
+    Restart,
     Shutdown,
     State,
+    Strategy,
     SupervisorFlags,
     SupervisorSpec,
     Tree,
@@ -122,8 +124,8 @@ class Machine(RuleBasedStateMachine):
         self.model = Model(strategy, intensity, period, kids, starts={k.id: 1 for k in kids}, now=self.clock.now())
         spec = SupervisorSpec(
             id="root",
-            flags=SupervisorFlags(strategy=strategy, intensity=intensity, period=period),
-            children=[WorkerSpec(id=k.id, run=self.worker(), restart=k.restart) for k in kids],
+            flags=SupervisorFlags(strategy=Strategy(strategy), intensity=intensity, period=period),
+            children=[WorkerSpec(id=k.id, run=self.worker(), restart=Restart(k.restart)) for k in kids],
         )
         self.tree = Tree(spec, clock=self.clock)
         self.run(self.tree.start())
@@ -200,7 +202,7 @@ class Machine(RuleBasedStateMachine):
         kid = self.model.find(cid)
         expected = "ok" if kid is None else ("already_started" if kid.running else "already_present")
         try:
-            self.run(self.tree.start_child("", WorkerSpec(id=cid, run=self.worker(), restart=restart)))
+            self.run(self.tree.start_child("", WorkerSpec(id=cid, run=self.worker(), restart=Restart(restart))))
             got = "ok"
         except OperationError as e:
             got = e.code

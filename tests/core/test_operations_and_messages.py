@@ -22,13 +22,14 @@ from mcp_supervisor.core import (
     NotRunning,
     OperationError,
     State,
+    Strategy,
     SupervisorFlags,
     SupervisorSpec,
     Tree,
     WorkerSpec,
 )
 from mcp_supervisor.core.events import ChildExited
-from tests.helpers import Recorder, Scripted
+from mcp_supervisor.testing import Recorder, Scripted
 
 
 def nested() -> tuple[Tree, dict[str, Scripted]]:
@@ -39,7 +40,7 @@ def nested() -> tuple[Tree, dict[str, Scripted]]:
             WorkerSpec(id="a", run=w["a"].run),
             SupervisorSpec(
                 id="edge",
-                flags=SupervisorFlags(strategy="rest_for_one"),
+                flags=SupervisorFlags(strategy=Strategy.REST_FOR_ONE),
                 children=[WorkerSpec(id="x", run=w["x"].run), WorkerSpec(id="y", run=w["y"].run)],
             ),
         ],
@@ -114,7 +115,7 @@ async def test_status_document_has_the_documented_fields() -> None:
         doc = tree.status().as_dict()
         assert doc["kind"] == "supervisor" and doc["state"] == "running" and doc["strategy"] == "one_for_one"
         a, edge = doc["children"]
-        assert set(a) == {"id", "path", "kind", "state", "restarts", "uptime_s", "last_exit"}
+        assert set(a) == {"id", "path", "kind", "state", "restarts", "uptime_s", "last_exit", "exits", "crash_loop"}
         assert edge["strategy"] == "rest_for_one" and [c["path"] for c in edge["children"]] == ["edge/x", "edge/y"]
 
 

@@ -21,30 +21,17 @@ from mcp_supervisor.core import (
     ProcessSpec,
     ReadyCommand,
     ReadyTCP,
+    Restart,
     ShutdownTimeout,
     State,
     SupervisorSpec,
     Tree,
 )
-from tests.helpers import Recorder, until
+from mcp_supervisor.testing import Recorder, alive, free_port, until
 
 pytestmark = pytest.mark.realtime
 
 SLEEP = ["sleep", "1000"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree_of(*children: ProcessSpec, **flags: object) -> tuple[Tree, Recorder]:
@@ -74,7 +61,9 @@ async def test_kill_9_of_a_child_restarts_it_with_a_new_pid_and_the_old_one_is_r
 async def test_exit_codes_map_to_exit_reasons(code: int, kind: str, restarted: bool) -> None:
     marker_cmd = ["sh", "-c", f'[ -e "$M" ] && exec sleep 1000; touch "$M"; exit {code}']
     tree, rec = tree_of(
-        ProcessSpec(id="p", command=marker_cmd, restart="transient", env={"M": f"/tmp/mcp-test-{os.getpid()}-{code}"})
+        ProcessSpec(
+            id="p", command=marker_cmd, restart=Restart.TRANSIENT, env={"M": f"/tmp/mcp-test-{os.getpid()}-{code}"}
+        )
     )
     try:
         async with tree:
@@ -122,7 +111,7 @@ GRANDKIDS = textwrap.dedent(
 
 @pytest.mark.parametrize("how", ["stop", "kill -9 of the leader"])
 async def test_grandchildren_go_with_the_group(how: str) -> None:
-    tree, rec = tree_of(ProcessSpec(id="p", command=[sys.executable, "-c", GRANDKIDS], restart="temporary"))
+    tree, rec = tree_of(ProcessSpec(id="p", command=[sys.executable, "-c", GRANDKIDS], restart=Restart.TEMPORARY))
     async with tree:
         line = await rec.wait(lambda e: isinstance(e, ProcessOutput) and e.stream == "stdout")
         kids = [int(x) for x in line.line.split()]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,8 +29,9 @@ from mcp_supervisor.core import (
     Tree,
     WorkerSpec,
 )
-from mcp_supervisor.core.process import _move_fds, resident_bytes
-from tests.helpers import Recorder, until
+from mcp_supervisor.core.launch import move_fds
+from mcp_supervisor.core.watches import resident_bytes
+from mcp_supervisor.testing import Recorder, until
 
 pytestmark = pytest.mark.realtime
 
@@ -219,7 +221,7 @@ async def test_a_failing_liveness_check_restarts_the_child_as_abnormal(tmp_path:
 async def test_a_fencing_token_reaches_workers_and_os_processes() -> None:
     seen: list[int | None] = []
 
-    async def worker(ctx: ChildContext) -> None:
+    async def worker(ctx: ChildContext[Any]) -> None:
         seen.append(ctx.fencing_token)
         ctx.started()
         await asyncio.Event().wait()
@@ -245,7 +247,7 @@ def test_held_socket_descriptors_land_at_3_and_up_in_order_whatever_their_number
         f.touch()
     opened = " ".join(f"{fd}<{f}" for fd, f in zip(fds, files, strict=True))
     script = (
-        f"exec {opened}; {_move_fds(fds)}; for fd in $(ls /proc/$$/fd); do echo $fd $(readlink /proc/$$/fd/$fd); done"
+        f"exec {opened}; {move_fds(fds)}; for fd in $(ls /proc/$$/fd); do echo $fd $(readlink /proc/$$/fd/$fd); done"
     )
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
     # (the listing's own pipe shows up, then is gone when readlink looks: such lines have no target)

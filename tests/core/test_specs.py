@@ -16,8 +16,8 @@ from mcp_supervisor.core import (
     SupervisorFlags,
     SupervisorSpec,
     WorkerSpec,
-    add_restart,
 )
+from mcp_supervisor.core.intensity import add_restart
 
 
 async def noop(ctx: object) -> None:
@@ -35,7 +35,9 @@ def test_defaults_match_the_semantics_doc() -> None:
     assert spec.significant is False and spec.backoff is None
     sup = SupervisorSpec(id="s")
     assert sup.shutdown == "infinity" and sup.shutdown_timeout is None
-    assert sup.flags == SupervisorFlags(strategy=Strategy.ONE_FOR_ONE, intensity=3, period=5, auto_shutdown="never")
+    assert sup.flags == SupervisorFlags(
+        strategy=Strategy.ONE_FOR_ONE, intensity=3, period=5, auto_shutdown=AutoShutdown.NEVER
+    )
     assert ProcessSpec(id="p", command=["true"]).shutdown_timeout == 5.0
     assert w("b", shutdown="brutal_kill").shutdown_timeout == 0.0
 
@@ -57,8 +59,8 @@ def test_specs_are_frozen() -> None:
         (lambda: w("a", start_timeout=0), "start_timeout", "0"),
         (lambda: SupervisorFlags(intensity=-1), "intensity", "-1"),
         (lambda: SupervisorFlags(period=0), "period", "0"),
-        (lambda: SupervisorFlags(strategy="one_for_some"), "strategy", "'one_for_some'"),
-        (lambda: SupervisorFlags(auto_shutdown="sometimes"), "auto_shutdown", "'sometimes'"),
+        (lambda: SupervisorFlags(strategy="one_for_some"), "strategy", "'one_for_some'"),  # type: ignore[arg-type]
+        (lambda: SupervisorFlags(auto_shutdown="sometimes"), "auto_shutdown", "'sometimes'"),  # type: ignore[arg-type]
         (lambda: Backoff(initial=2, max=1), "backoff.max", "1"),
         (lambda: Backoff(jitter=2), "backoff.jitter", "2"),
         (lambda: ReadyTCP(host="127.0.0.1", port=70000), "ready.tcp", "70000"),
@@ -81,19 +83,21 @@ def test_supervisor_rejects_duplicates_and_bad_significance() -> None:
     with pytest.raises(SpecError, match=r"children\[1\]\.id: duplicate id"):
         SupervisorSpec(id="s", children=[w("a"), w("a")])
     with pytest.raises(SpecError, match=r"children\[0\]\.significant: .*auto_shutdown"):
-        SupervisorSpec(id="s", children=[w("a", restart="transient", significant=True)])
+        SupervisorSpec(id="s", children=[w("a", restart=Restart.TRANSIENT, significant=True)])
     ok = SupervisorSpec(
         id="s",
-        children=[w("a", restart="transient", significant=True)],
+        children=[w("a", restart=Restart.TRANSIENT, significant=True)],
         flags=SupervisorFlags(auto_shutdown=AutoShutdown.ANY_SIGNIFICANT),
     )
     assert ok.children[0].significant
     with pytest.raises(SpecError, match="exactly one template"):
-        SupervisorSpec(id="s", children=[w("a"), w("b")], flags=SupervisorFlags(strategy="simple_one_for_one"))
+        SupervisorSpec(id="s", children=[w("a"), w("b")], flags=SupervisorFlags(strategy=Strategy.SIMPLE_ONE_FOR_ONE))
 
 
 def test_long_shutdowns_are_allowed_but_warned_for_group_strategies() -> None:
-    spec = SupervisorSpec(id="s", children=[w("a", shutdown=30), w("b")], flags=SupervisorFlags(strategy="one_for_all"))
+    spec = SupervisorSpec(
+        id="s", children=[w("a", shutdown=30), w("b")], flags=SupervisorFlags(strategy=Strategy.ONE_FOR_ALL)
+    )
     warnings = spec.warnings()
     assert len(warnings) == 1 and "'a'" in warnings[0]
     assert SupervisorSpec(id="s", children=[w("a", shutdown=30)]).warnings() == []

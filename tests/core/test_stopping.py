@@ -14,13 +14,14 @@ import pytest
 
 from mcp_supervisor.core import (
     NotRunning,
+    Restart,
     SupervisorError,
     SupervisorFlags,
     SupervisorSpec,
     Tree,
     WorkerSpec,
 )
-from tests.helpers import Scripted
+from mcp_supervisor.testing import Scripted
 
 DEADLINE = 10.0  # generous: an answer comes at once; only a hang reaches this
 
@@ -44,7 +45,7 @@ def build(n_subs: int = 4, workers: int = 3) -> tuple[Tree, dict[str, Scripted]]
         kids.append(WorkerSpec(id="crasher", run=crashers[f"s{i}"].run))
         subs.append(
             SupervisorSpec(
-                id=f"s{i}", children=kids, flags=SupervisorFlags(intensity=0, period=60), restart="temporary"
+                id=f"s{i}", children=kids, flags=SupervisorFlags(intensity=0, period=60), restart=Restart.TEMPORARY
             )
         )
     return Tree(SupervisorSpec(id="root", children=subs, flags=SupervisorFlags(intensity=100))), crashers

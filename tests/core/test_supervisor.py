@@ -1,4 +1,4 @@
-"""Every row of OTP-SEMANTICS.md for in-process workers: strategies, restart types, intensity, order, escalation."""
+"""Every row of docs/semantics.md for in-process workers: strategies, restart types, intensity, order, escalation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mcp_supervisor.core import (
+    AutoShutdown,
     ChildExited,
     ChildStarted,
     FailedToStartChild,
@@ -25,7 +26,7 @@ from mcp_supervisor.core import (
     Tree,
     WorkerSpec,
 )
-from tests.helpers import Recorder, Scripted, until
+from mcp_supervisor.testing import Recorder, Scripted, until
 
 
 def build(
@@ -41,8 +42,8 @@ def build(
     workers = {name: Scripted(log) for name in "abcdefgh"[:n]}
     spec = SupervisorSpec(
         id="root",
-        flags=SupervisorFlags(strategy=strategy, intensity=intensity, period=period),
-        children=[WorkerSpec(id=k, run=v.run, restart=restart) for k, v in workers.items()],
+        flags=SupervisorFlags(strategy=Strategy(strategy), intensity=intensity, period=period),
+        children=[WorkerSpec(id=k, run=v.run, restart=Restart(restart)) for k, v in workers.items()],
     )
     tree = Tree(spec, clock=clock)
     return tree, workers, log, Recorder(tree.bus)
@@ -98,7 +99,7 @@ async def test_one_for_one_restarts_only_the_failed_child() -> None:
 
 
 async def test_one_for_all_stops_siblings_in_reverse_then_starts_all_in_order() -> None:
-    tree, w, log, rec = build(strategy="one_for_all")
+    tree, w, log, rec = build(strategy=Strategy.ONE_FOR_ALL)
     async with tree:
         w["b"].end("crash")
         await restarted(rec, "c")
@@ -113,7 +114,7 @@ async def test_one_for_all_stops_siblings_in_reverse_then_starts_all_in_order() 
 
 
 async def test_rest_for_one_restarts_the_failed_child_and_those_after_it() -> None:
-    tree, w, log, rec = build(n=4, strategy="rest_for_one")
+    tree, w, log, rec = build(n=4, strategy=Strategy.REST_FOR_ONE)
     async with tree:
         a = w["a"].current
         w["b"].end("crash")
@@ -223,7 +224,7 @@ async def test_a_failed_start_during_startup_stops_the_started_children_in_rever
 
 
 async def test_a_failed_start_in_a_group_restart_resumes_from_the_failed_child() -> None:
-    tree, w, log, rec = build(strategy="rest_for_one", intensity=10)
+    tree, w, log, rec = build(strategy=Strategy.REST_FOR_ONE, intensity=10)
     async with tree:
         w["b"].fail_starts = 1
         w["a"].end("crash")
@@ -238,7 +239,7 @@ async def test_escalation_permanent_nested_supervisor_is_restarted_transient_is_
         other = Scripted()
         sub = SupervisorSpec(
             id="sub",
-            restart=restart,
+            restart=Restart(restart),
             flags=SupervisorFlags(intensity=0),
             children=[WorkerSpec(id="w", run=inner.run)],
         )
@@ -263,10 +264,10 @@ async def test_auto_shutdown_on_significant_children_exiting_by_themselves(mode:
     s1, s2, other = Scripted(), Scripted(), Scripted()
     spec = SupervisorSpec(
         id="root",
-        flags=SupervisorFlags(auto_shutdown=mode),
+        flags=SupervisorFlags(auto_shutdown=AutoShutdown(mode)),
         children=[
-            WorkerSpec(id="s1", run=s1.run, restart="transient", significant=True),
-            WorkerSpec(id="s2", run=s2.run, restart="temporary", significant=True),
+            WorkerSpec(id="s1", run=s1.run, restart=Restart.TRANSIENT, significant=True),
+            WorkerSpec(id="s2", run=s2.run, restart=Restart.TEMPORARY, significant=True),
             WorkerSpec(id="o", run=other.run),
         ],
     )
@@ -362,8 +363,8 @@ async def test_a_group_restart_that_fails_midway_is_retried_as_otp_does(
 
 
 async def test_count_children_of_simple_one_for_one_counts_its_template_as_the_one_spec() -> None:
-    tpl = WorkerSpec(id="job", run=Scripted().run, restart="temporary")
-    tree = Tree(SupervisorSpec(id="root", flags=SupervisorFlags(strategy="simple_one_for_one"), children=[tpl]))
+    tpl = WorkerSpec(id="job", run=Scripted().run, restart=Restart.TEMPORARY)
+    tree = Tree(SupervisorSpec(id="root", flags=SupervisorFlags(strategy=Strategy.SIMPLE_ONE_FOR_ONE), children=[tpl]))
     async with tree:
         assert dataclasses.asdict(tree.count_children()) == {"specs": 1, "active": 0, "supervisors": 0, "workers": 0}
         await tree.start_child("", [])

@@ -11,8 +11,8 @@ import pytest
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
 from mcp_supervisor.health.monitor import HealthMonitor, HealthTransition, factory
-from mcp_supervisor.probe import ProbeResult
-from tests.helpers import Recorder, until
+from mcp_supervisor.health.probe import ProbeResult
+from mcp_supervisor.testing import Recorder, until
 
 
 class Service:

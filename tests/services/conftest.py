@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services.servers import BaoServer, MotoServer, PgServer, RedisServer, free_port, port_open
+from mcp_supervisor.testing.servers import BaoServer, MotoServer, PgServer, RedisServer, free_port, port_open
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.services.servers import PgServer
+from mcp_supervisor.testing.servers import PgServer
 
 DIRTY = """
 CREATE TABLE parent (id int PRIMARY KEY);

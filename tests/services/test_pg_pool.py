@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from mcp_supervisor.services.pgpool import Connection, Pool, PoolClosed
-from tests.helpers import until
-from tests.services.servers import PgServer
+from mcp_supervisor.services.postgres.pool import Connection, Pool, PoolClosed
+from mcp_supervisor.testing import until
+from mcp_supervisor.testing.servers import PgServer
 
 
 @pytest.fixture

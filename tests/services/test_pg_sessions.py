@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 
 from mcp_supervisor.core import SupervisorSpec, Tree, WorkerSpec
-from mcp_supervisor.services.pgsession import leaves_no_session_state
 from mcp_supervisor.services.postgres import Database, factory
-from tests.services.servers import PgServer
+from mcp_supervisor.services.postgres.session import leaves_no_session_state
+from mcp_supervisor.testing.servers import PgServer
 
 # What a fresh session looks like, read in one query by the next user of the connection.
 SESSION = """

@@ -30,8 +30,8 @@ from mcp_supervisor.services.postgres import (
     factory,
     tenant_schema,
 )
-from tests.helpers import Recorder, until
-from tests.services.servers import PgServer
+from mcp_supervisor.testing import Recorder, until
+from mcp_supervisor.testing.servers import PgServer
 
 
 def db_tree(pg: PgServer, **settings: Any) -> Tree:

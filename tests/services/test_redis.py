@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -12,8 +11,8 @@ from mcp_supervisor.core import Backoff, ChildStarted, SupervisorFlags, Supervis
 from mcp_supervisor.services.base import ServiceUnavailable
 from mcp_supervisor.services.events import ServiceOperation
 from mcp_supervisor.services.redis import MISS, Cache, CacheError, Gap, Message, RedisSettings, factory
-from tests.helpers import Recorder, until
-from tests.services.servers import RedisServer
+from mcp_supervisor.testing import Recorder, until
+from mcp_supervisor.testing.servers import RedisServer
 
 
 def cache_tree(rds: RedisServer, **settings: Any) -> Tree:
@@ -123,10 +122,8 @@ async def test_pub_sub_survives_a_redis_restart_with_a_gap_marker(rds: RedisServ
         consumer = asyncio.ensure_future(consume())
         await until(lambda: _subscribers(rds) == 1, what="subscribed")
         await c.publish("events", {"n": 1})
-        await c.client.publish("events", "not json")  # malformed: counted and skipped
-        await c.client.publish("events", json.dumps({"data": 1, "timestamp": "x", "id": "y"}))
-        await until(lambda: len(got) == 1 and c.malformed == 2)
-        assert isinstance(got[0], Message) and got[0].data == {"n": 1}
+        await until(lambda: len(got) == 1)
+        assert isinstance(got[0], Message) and got[0].data == {"n": 1} and not got[0].foreign
         rds.kill()
         rds.start()
         await until(lambda: any(isinstance(g, Gap) for g in got), timeout=20, what="gap marker")
@@ -183,3 +180,31 @@ async def test_a_call_on_a_handle_whose_worker_restarted_is_service_unavailable(
         for call in (old.get("k"), old.set("k", 1), old.publish("ch", 1), old.probe()):
             with pytest.raises(ServiceUnavailable, match="the redis worker stopped"):
                 await call
+
+
+async def test_a_message_someone_else_published_is_delivered_as_it_came(rds: RedisServer) -> None:
+    """Other publishers (redis-cli, other languages) do not speak our envelope: their messages arrive, marked."""
+    async with cache_tree(rds, check_interval=30) as tree:
+        c = await handle(tree)
+        got: list[Message | Gap] = []
+
+        async def consume() -> None:
+            async for item in c.subscribe("events"):
+                got.append(item)
+
+        consumer = asyncio.ensure_future(consume())
+        await until(lambda: _subscribers(rds) == 1, what="subscribed")
+        import subprocess
+
+        for payload in ("hello from redis-cli", '{"data": 1, "timestamp": "x", "id": "y"}'):
+            subprocess.run(["redis-cli", "-p", str(rds.port), "PUBLISH", "events", payload], check=True,
+                           capture_output=True)  # fmt: skip
+        await c.publish("events", {"ours": True})
+        await until(lambda: len(got) == 3, what="all three messages")
+        first, second, ours = got
+        assert isinstance(first, Message) and first.foreign and first.data == "hello from redis-cli"
+        assert first.id == "" and first.timestamp and first.channel == "events"
+        assert isinstance(second, Message) and second.foreign and second.data.startswith('{"data": 1')
+        assert isinstance(ours, Message) and not ours.foreign and ours.data == {"ours": True} and ours.id
+        assert c.foreign == 2
+        consumer.cancel()

@@ -15,8 +15,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mcp_supervisor.services.redislanes import Lanes, LanesClosed
-from tests.services.servers import RedisServer
+from mcp_supervisor.services.redis.lanes import Lanes, LanesClosed
+from mcp_supervisor.testing.servers import RedisServer
 
 
 def make_pool(rds: RedisServer, socket_timeout: float | None = None) -> aioredis.BlockingConnectionPool:

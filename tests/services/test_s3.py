@@ -16,8 +16,8 @@ from mcp_supervisor.core import Backoff, ChildStarted, SupervisorFlags, Supervis
 from mcp_supervisor.services.base import ServiceUnavailable
 from mcp_supervisor.services.events import ServiceOperation
 from mcp_supervisor.services.s3 import NotFound, S3Settings, Storage, factory
-from tests.helpers import Recorder, until
-from tests.services.servers import MotoServer
+from mcp_supervisor.testing import Recorder, until
+from mcp_supervisor.testing.servers import MotoServer
 
 MB = 2**20
 

@@ -27,8 +27,8 @@ from mcp_supervisor.services.vault import (
 from mcp_supervisor.telemetry import logs
 from mcp_supervisor.telemetry.events import log_event
 from mcp_supervisor.telemetry.sink import factory as sink_factory
-from tests.helpers import Recorder, until
-from tests.services.servers import BaoServer
+from mcp_supervisor.testing import Recorder, until
+from mcp_supervisor.testing.servers import BaoServer
 
 
 async def admin(bao: BaoServer, method: str, path: str, body: Any = None) -> Any:

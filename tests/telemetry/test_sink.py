@@ -19,8 +19,8 @@ from mcp_supervisor.services.events import ServiceOperation, ServiceState
 from mcp_supervisor.telemetry import logs
 from mcp_supervisor.telemetry.metrics import METRICS_REGISTRY
 from mcp_supervisor.telemetry.sink import factory as sink_factory
+from mcp_supervisor.testing import Recorder, until
 from tests.health.test_monitor import Service
-from tests.helpers import Recorder, until
 
 
 @pytest.fixture

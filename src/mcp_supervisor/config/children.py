@@ -20,14 +20,17 @@ from ..core import (
     WorkerSpec,
     describe,
 )
-from ..settings import SettingError, kind_of, show
+from .envfile import env_files, read_env_files
 from .model import LOG_BYTES, LOG_LINES, ChildEntry, Singleton, WorkerFactory
 from .processes import PROCESS_KEYS, process_specs
 from .reader import Reader, check_keys, numbers
+from .settings import SettingError, is_secret_key, kind_of, show
 
 MAX_DEPTH = 64  # supervisors nested in one another
 
-_COMMON = {"id", "restart", "shutdown", "significant", "backoff", "singleton", "prefer"}
+_NOT_RESTARTING = {"public_env", "instances", "reload", "start_retries", "reload_signal"}
+"""An OS child's keys whose change restarts nothing (they apply to the next start, or to the supervisor only)."""
+_COMMON = {"id", "restart", "shutdown", "significant", "backoff", "start_retries", "singleton", "prefer"}
 SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
 _WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
@@ -56,6 +59,10 @@ def _backoff(ctx: Reader, value: Any, key: str) -> Backoff | None:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
 
 
+_EXTRA_OF = {"asyncpg": "postgres", "redis": "redis", "aiobotocore": "s3", "botocore": "s3"}
+"""The client library each built-in service worker needs, and the extra that installs it."""
+
+
 def _load_factory(ctx: Reader, name: str, key: str) -> WorkerFactory:
     target = ctx.workers.get(name, name)
     mod_name, sep, attr = target.partition(":")
@@ -67,6 +74,14 @@ def _load_factory(ctx: Reader, name: str, key: str) -> WorkerFactory:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        extra = _EXTRA_OF.get((e.name or "").partition(".")[0])
+        if extra is None or not mod_name.startswith("mcp_supervisor."):
+            raise ctx.error(f"{key}.worker", f"cannot import {mod_name!r}: {type(e).__name__}: {e}") from None
+        raise ctx.error(
+            f"{key}.worker",
+            f"worker {name!r} needs {e.name}, which is not installed: pip install 'mcp-supervisor-otp[{extra}]'",
+        ) from None
     except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module
         raise ctx.error(f"{key}.worker", f"cannot import {mod_name!r}: {type(e).__name__}: {e}") from None
     factory = getattr(module, attr, None)
@@ -75,7 +90,7 @@ def _load_factory(ctx: Reader, name: str, key: str) -> WorkerFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def child(
+def child(  # noqa: C901, PLR0912, PLR0915 - one child table: each key is checked where it is read, in file order
     ctx: Reader, table: Any, key: str, parent: str, entries: dict[str, ChildEntry], *, depth: int = 1
 ) -> list[ChildSpec]:
     """One ``[[...children]]`` table (and, for a supervisor, everything below it) as core specs: one, or for an
@@ -104,7 +119,10 @@ def child(
     path = f"{parent}/{cid}" if parent else cid
     singleton = _singleton(ctx, table, key)
     table = numbers(table, ("shutdown", "start_timeout"))
-    common: dict[str, Any] = {k: table[k] for k in ("id", "restart", "shutdown", "significant") if k in table}
+    table = numbers(table, ("start_retries",))
+    common: dict[str, Any] = {
+        k: table[k] for k in ("id", "restart", "shutdown", "significant", "start_retries") if k in table
+    }
     common["backoff"] = _backoff(ctx, table.get("backoff"), key)
     try:
         lines, size = _log_bounds(ctx, table, key)
@@ -113,7 +131,9 @@ def child(
             entries[path] = dataclasses.replace(entries[path], log_lines=lines, log_bytes=size)
         elif kind == "command":
             public = _public_env(ctx, table.get("public_env", []), f"{key}.public_env")
-            fingerprint = _fingerprint(table, {"public_env", "instances", "reload"} | _LOGS)
+            table, from_files = _with_env_files(ctx, table, key)
+            public |= {n for n in from_files if not is_secret_key(n)}  # a file's values: secret by their names
+            fingerprint = _fingerprint(table, _NOT_RESTARTING | _LOGS)  # with the files' values: a change restarts
 
             def entry(p: str) -> ChildEntry:
                 return ChildEntry(path=p, kind="process", fingerprint=fingerprint, log_lines=lines, log_bytes=size)
@@ -122,7 +142,9 @@ def child(
                 ctx, table, key, path, common, entry, partial(_env, ctx), partial(_command, ctx), ctx.sockets
             )
             for s in specs:
-                ctx.secrets.update(v for n, v in s.env.items() if n not in public)  # secret unless listed public
+                for n, v in s.env.items():  # secret unless listed public (or it cannot be one: a port, a path)
+                    if n not in public:
+                        ctx.secret(f"{key}.env.{n}", v, named=False)
             entries.update(made)
             if replicas is not None:
                 if singleton is not None:
@@ -140,9 +162,10 @@ def child(
                 for i, c in enumerate(children)
                 for s in child(ctx, c, f"{key}.children[{i}]", path, entries, depth=depth + 1)
             ]
+            kids += included_children(ctx, path, kids, entries, depth)
             flags = flags_of(ctx, table, key)
             spec = SupervisorSpec(children=kids, flags=flags, **common)
-            own = _fingerprint(table, {"children"} | SUP_FLAGS)
+            own = _fingerprint(table, {"children", "start_retries"} | SUP_FLAGS)
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
@@ -184,6 +207,11 @@ def _maybe_singleton(  # noqa: PLR0917
     return []
 
 
+def move_bound(lease: float) -> float:
+    """Seconds an operator's move (``ctl cluster move``) stays pending before it is void."""
+    return 5 * lease
+
+
 def stop_margin(lease: float) -> float:
     """Seconds kept between a singleton's stop and its lease's earliest expiry (the clocks' rates may differ)."""
     return max(0.5, lease * 0.1)
@@ -212,7 +240,11 @@ def _worker(  # noqa: PLR0917
     ctx.collect(settings, f"{key}.config")
     extra = {"start_timeout": table["start_timeout"]} if "start_timeout" in table else {}
     entries[path] = ChildEntry(
-        path=path, kind="worker", fingerprint=_fingerprint(table, set(_LOGS)), worker=name, settings=settings
+        path=path,
+        kind="worker",
+        fingerprint=_fingerprint(table, {"start_retries", *_LOGS}),
+        worker=name,
+        settings=settings,
     )
     return WorkerSpec(run=run, **common, **extra)
 
@@ -227,6 +259,38 @@ def _log_bounds(ctx: Reader, table: Mapping[str, Any], key: str) -> tuple[int, i
             raise ctx.error(f"{key}.{name}", f"must be an integer 0..{top}, got {show(name, value)}")
         out.append(value)
     return out[0], out[1]
+
+
+def _with_env_files(ctx: Reader, table: dict[str, Any], key: str) -> tuple[dict[str, Any], set[str]]:
+    """The table with the daemon's and its own ``env_file`` variables under its ``env`` (which wins), and the names
+    that came from files only."""
+    own = read_env_files(ctx, env_files(ctx, table.get("env_file"), f"{key}.env_file"), f"{key}.env_file", ctx.env)
+    from_files = {**ctx.daemon_env, **own}
+    table = {k: v for k, v in table.items() if k != "env_file"}
+    if from_files:
+        env = table.get("env", {})
+        if isinstance(env, dict):
+            table["env"] = {**from_files, **env}
+            return table, set(from_files) - set(env)
+    return table, set()
+
+
+def included_children(
+    ctx: Reader, path: str, siblings: list[ChildSpec], entries: dict[str, ChildEntry], depth: int
+) -> list[ChildSpec]:
+    """The children included files add to the supervisor at ``path``, after its own, each file's in order."""
+    ctx.included_used.add(path)
+    out: list[ChildSpec] = []
+    taken = {s.id.split("#")[0] for s in siblings}
+    for inc in ctx.included.get(path, []):
+        for i, table in enumerate(inc.children):
+            key = f"children[{i}]"
+            cid = table.get("id") if isinstance(table, dict) else None
+            if cid in taken or any(s.id.split("#")[0] == cid for s in out):
+                where = "the root" if not path else repr(path)
+                raise inc.reader.error(f"{key}.id", f"{cid!r} is already a child of {where}")
+            out += child(inc.reader, table, key, path, entries, depth=depth + 1)
+    return out
 
 
 def _command(ctx: Reader, value: Any, key: str) -> list[str]:

@@ -10,6 +10,7 @@ import re
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*(\]\]?)\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
 
 
 def _split(dotted: str) -> list[str]:
@@ -23,7 +24,7 @@ def index_lines(text: str) -> dict[str, int]:
     current = ""
     depth = 0  # inside a multi-line array or inline table: not a key line
     for no, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0] if '"' not in raw and "'" not in raw else raw
+        line = _STRINGS.sub('""', raw).split("#", 1)[0]  # brackets and '#' inside strings are not structure
         if depth == 0 and (m := _HEADER.match(raw)):
             is_array = m.group(1) == "[["
             canon = ""
@@ -40,7 +41,7 @@ def index_lines(text: str) -> dict[str, int]:
             current = canon
             lines.setdefault(current, no)
             continue
-        if depth == 0 and (m := _KEY.match(line)):
+        if depth == 0 and (m := _KEY.match(raw)):
             key = ".".join(_split(m.group(1)))
             full = f"{current}.{key}" if current else key
             lines.setdefault(full, no)

@@ -6,10 +6,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from ..core import ChildSpec, ProcessSpec, SupervisorFlags, SupervisorSpec, WorkerFn
+from ..core import Address, ChildSpec, ProcessSpec, SupervisorFlags, SupervisorSpec, WorkerFn
 
 DEFAULT_CONFIG_PATH = "config/supervision.toml"
 DEFAULT_ADMIN = "127.0.0.1:7080"
+DEFAULT_ADDRESS = Address(host="127.0.0.1", port=7080)
 LOG_LINES = 1000
 LOG_BYTES = 256 * 1024
 INSTANCE_SEP = "#"  # instance i of a replicated child "web" is "web#i"
@@ -45,19 +46,59 @@ class SocketConfig:
     """A listening socket the daemon holds for its OS children (``[[daemon.sockets]]``)."""
 
     name: str
-    listen: str  # "host:port" or "unix:/absolute/path"
+    listen: Address
     backlog: int = 1024
     mode: int | None = None  # a unix socket's file mode
 
 
+ALERT_EVENTS = ("crash-loop", "recovered", "gave-up", "start-failure", "oom-kill", "health", "singleton-moved",
+                "reload-failed")  # fmt: skip
+"""What an alert may be ``on``: a crash loop began / ended (``recovered``), a supervisor gave up (its intensity
+was exceeded), a start failed, the OOM killer took a child, a health check or the overall health changed, a
+singleton began running on this node, a reload was refused."""
+DEFAULT_ALERT_EVENTS = ("crash-loop", "recovered", "gave-up", "oom-kill", "reload-failed")
+ALERT_FORMATS = ("json", "slack", "discord", "ntfy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertConfig:
+    """One ``[[daemon.alerts]]`` entry: what it is ``on``, for which paths, and where it goes."""
+
+    name: str
+    on: tuple[str, ...] = DEFAULT_ALERT_EVENTS
+    paths: tuple[str, ...] = ()  # globs; empty: every path
+    webhook: str | None = None  # a secret: redacted from everything the daemon writes
+    format: str = "json"
+    headers: tuple[tuple[str, str], ...] = ()  # their values are secrets too
+    exec: tuple[str, ...] = ()
+    rate: int = 20  # alerts at most per `per` seconds (more are dropped and counted)
+    per: float = 600.0
+    retries: int = 5  # attempts after the first, with exponential backoff from 1 s (capped at 60 s)
+    timeout: float = 10.0  # seconds for one attempt
+
+    def receiver(self) -> str:
+        """Where it goes, as it may be shown: a webhook's scheme and host (its path and query are secret)."""
+        if self.webhook is not None:
+            scheme, _, rest = self.webhook.partition("://")
+            return f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/…"
+        return f"exec {self.exec[0]}" if self.exec else "?"
+
+
+MCP_MUTATIONS = ("restart", "stop", "start", "signal", "scale", "reload")
+"""What ``[daemon.mcp] allow`` may list: the MCP server's mutating tools (none by default)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonConfig:
-    admin: str = DEFAULT_ADMIN
+    admin: Address = DEFAULT_ADDRESS
     admin_token_file: str | None = None
+    exit_code: str = "daemon"  # "child": when the root gives up, exit with the status of the child that made it
     allow_remote_admin: bool = False
     log_format: str = "auto"
     log_level: str = "info"
     sockets: tuple[SocketConfig, ...] = ()
+    alerts: tuple[AlertConfig, ...] = ()
+    mcp_allow: tuple[str, ...] = ()  # [daemon.mcp] allow: the MCP server's mutating tools
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,3 +166,4 @@ class Config:
     secrets: frozenset[str] = frozenset()
     """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
     warnings: tuple[str, ...] = ()
+    includes: tuple[str, ...] = ()  # the files `include` read, in order

@@ -3,21 +3,27 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
+import shutil
 import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core import RLIMITS, Liveness, ProcessSpec, ReadyCommand, ReadyTCP, SpecError
-from ..settings import kind_of, show
+from ..core import Liveness, ProcessSpec, ReadyCommand, ReadyTCP, SpecError
+from ..core.specs import RLIMITS
 from .model import INSTANCE_SEP, MAX_INSTANCES, ChildEntry, ReplicaSet
 from .reader import Reader, check_keys, numbers, split_host_port
+from .settings import kind_of, show
 
 PROCESS_KEYS = {"command", "env", "public_env", "cwd", "inherit_env", "ready", "live", "limits", "user", "group",
-                "umask", "stop_signal", "sockets", "max_memory", "memory_check", "instances", "reload"}  # fmt: skip
+                "umask", "stop_signal", "reload_signal", "pidfile", "sockets", "max_memory", "memory_check",
+                "instances", "reload", "env_file"}  # fmt: skip
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
 _SIZED_LIMITS = {"memory", "stack", "fsize", "memlock", "core"}
-_EXPANDED = ("command", "env", "cwd", "ready", "live")
+_EXPANDED = ("command", "env", "cwd", "ready", "live", "pidfile")
 
 
 def size(ctx: Reader, value: Any, key: str) -> int:
@@ -116,6 +122,65 @@ def _expand(value: Any, instance: int) -> Any:
     return value
 
 
+def _replication(ctx: Reader, table: dict[str, Any], key: str, child_id: str) -> tuple[int | None, str]:
+    """``instances`` (None: not replicated) and the ``reload`` mode of a replicated child."""
+    instances = table.get("instances")
+    if instances is not None and (isinstance(instances, bool) or not isinstance(instances, int)
+                                  or not 0 <= instances <= MAX_INSTANCES):  # fmt: skip
+        raise ctx.error(f"{key}.instances", f"must be an integer 0..{MAX_INSTANCES}, got {show('', instances)}")
+    mode = table.get("reload", "restart")
+    if mode not in ("restart", "rolling"):
+        raise ctx.error(f"{key}.reload", f'must be "restart" or "rolling", got {show("", mode)}')
+    if "reload" in table and instances is None:
+        raise ctx.error(f"{key}.reload", "applies only to a child with instances")
+    if INSTANCE_SEP in child_id:
+        raise ctx.error(
+            f"{key}.id", f"must not contain {INSTANCE_SEP!r} (it names the instances of a replicated child)"
+        )
+    return instances, mode
+
+
+def _held_sockets(ctx: Reader, names: Any, key: str, sockets: set[str] | None) -> list[str]:
+    """``sockets``: names of ``[[daemon.sockets]]`` the child gets (None: the declared ones are not known here)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ctx.error(f"{key}.sockets", f"must be an array of [[daemon.sockets]] names, got {kind_of(names)}")
+    for i, n in enumerate(names):
+        if sockets is not None and n not in sockets:
+            known = ", ".join(sorted(sockets)) or "none declared"
+            raise ctx.error(f"{key}.sockets[{i}]", f"{show('', n)} is not a [[daemon.sockets]] name ({known})")
+    return names
+
+
+def _os_options(
+    ctx: Reader, table: dict[str, Any], key: str, instances: int | None, sockets: set[str] | None
+) -> dict[str, Any]:
+    """The OS-process options of a table (signals, pidfile, limits, memory, user, umask, held sockets)."""
+    options: dict[str, Any] = {}
+    for name in ("stop_signal", "reload_signal"):
+        if name in table:
+            options[name] = _signal(ctx, table[name], f"{key}.{name}")
+    if "pidfile" in table:
+        pidfile = table["pidfile"]
+        if not isinstance(pidfile, str) or not pidfile:
+            raise ctx.error(f"{key}.pidfile", f"must be a path, got {show('', pidfile)}")
+        if instances is not None and "{instance}" not in pidfile:
+            raise ctx.error(f"{key}.pidfile", "with instances, each needs its own: put {instance} in it")
+    if "limits" in table:
+        options["limits"] = _limits(ctx, table["limits"], f"{key}.limits")
+    if "max_memory" in table:
+        options["max_memory"] = size(ctx, table["max_memory"], f"{key}.max_memory")
+    for name in ("user", "group", "umask", "memory_check"):
+        if name in table:
+            options[name] = table[name]
+    if isinstance(table.get("umask"), str):  # "027", as in a shell
+        try:
+            options["umask"] = int(table["umask"], 8)
+        except ValueError:
+            raise ctx.error(f"{key}.umask", f'must be octal like "027", got {show("", table["umask"])}') from None
+    options["sockets"] = _held_sockets(ctx, table.get("sockets", []), key, sockets)
+    return options
+
+
 def process_specs(  # noqa: PLR0917
     ctx: Reader,
     table: dict[str, Any],
@@ -129,49 +194,16 @@ def process_specs(  # noqa: PLR0917
 ) -> tuple[list[ProcessSpec], dict[str, ChildEntry], ReplicaSet | None]:
     """The spec(s) of one OS-process table: one child, or ``instances`` of them (``id#i``) and their set."""
     table = numbers(table, ("instances", "max_memory", "memory_check", "umask"))
-    instances = table.get("instances")
-    if instances is not None and (isinstance(instances, bool) or not isinstance(instances, int)
-                                  or not 0 <= instances <= MAX_INSTANCES):  # fmt: skip
-        raise ctx.error(f"{key}.instances", f"must be an integer 0..{MAX_INSTANCES}, got {show('', instances)}")
-    mode = table.get("reload", "restart")
-    if mode not in ("restart", "rolling"):
-        raise ctx.error(f"{key}.reload", f'must be "restart" or "rolling", got {show("", mode)}')
-    if "reload" in table and instances is None:
-        raise ctx.error(f"{key}.reload", "applies only to a child with instances")
-    if INSTANCE_SEP in common["id"]:
-        raise ctx.error(
-            f"{key}.id", f"must not contain {INSTANCE_SEP!r} (it names the instances of a replicated child)"
-        )
-    options: dict[str, Any] = {}
-    if "stop_signal" in table:
-        options["stop_signal"] = _signal(ctx, table["stop_signal"], f"{key}.stop_signal")
-    if "limits" in table:
-        options["limits"] = _limits(ctx, table["limits"], f"{key}.limits")
-    if "max_memory" in table:
-        options["max_memory"] = size(ctx, table["max_memory"], f"{key}.max_memory")
-    for name in ("user", "group", "umask", "memory_check"):
-        if name in table:
-            options[name] = table[name]
-    if isinstance(table.get("umask"), str):  # "027", as in a shell
-        try:
-            options["umask"] = int(table["umask"], 8)
-        except ValueError:
-            raise ctx.error(f"{key}.umask", f'must be octal like "027", got {show("", table["umask"])}') from None
-    names = table.get("sockets", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ctx.error(f"{key}.sockets", f"must be an array of [[daemon.sockets]] names, got {kind_of(names)}")
-    for i, n in enumerate(names):
-        if sockets is not None and n not in sockets:
-            known = ", ".join(sorted(sockets)) or "none declared"
-            raise ctx.error(f"{key}.sockets[{i}]", f"{show('', n)} is not a [[daemon.sockets]] name ({known})")
-    options["sockets"] = names
+    instances, mode = _replication(ctx, table, key, common["id"])
+    options = _os_options(ctx, table, key, instances, sockets)
 
     def build(t: Mapping[str, Any], cid: str) -> ProcessSpec:
         try:
-            return ProcessSpec(
+            spec = ProcessSpec(
                 command=command_of(t["command"], f"{key}.command"),
                 env=env_of(t.get("env", {}), f"{key}.env"),
                 cwd=t.get("cwd"),
+                pidfile=t.get("pidfile"),
                 inherit_env=t.get("inherit_env", True),
                 ready=ready(ctx, t.get("ready"), key),
                 live=_live(ctx, t.get("live"), key),
@@ -180,6 +212,7 @@ def process_specs(  # noqa: PLR0917
             )
         except SpecError as e:
             raise ctx.error(f"{key}.{e.field}", e.reason) from None
+        return runnable(ctx, key, spec) if ctx.host_checks else spec
 
     if instances is None:
         return [build(table, common["id"])], {path: entry(path)}, None
@@ -193,3 +226,30 @@ def process_specs(  # noqa: PLR0917
     ids = [f"{path}{INSTANCE_SEP}{i}" for i in range(instances)]
     replicas = ReplicaSet(path=path, instances=instances, rolling=mode == "rolling", make=make)
     return specs, {p: entry(p) for p in ids}, replicas
+
+
+def runnable(ctx: Reader, key: str, spec: ProcessSpec) -> ProcessSpec:
+    """What the start would find wrong on this machine, found when the daemon loads the file (``run``,
+    ``check-config``, a reload): a program that is not there or not executable (looked up as the
+    launch chain looks it up: on the child's PATH, relative to its cwd), a user or group that does not exist."""
+    program = spec.command[0]
+    cwd = spec.cwd or os.getcwd()
+    if "/" in program:
+        found: str | None = os.path.join(cwd, program)
+        where = f"(relative to {cwd})" if not os.path.isabs(program) else ""
+    else:
+        path = spec.env.get("PATH") or (os.environ.get("PATH", os.defpath) if spec.inherit_env else os.defpath)
+        found = shutil.which(program, path=path)
+        where = f"on the child's PATH ({path[:200]})"
+    if found is None or not os.path.isfile(found):
+        raise ctx.error(f"{key}.command[0]", f"program {show('', program)} not found {where}".rstrip())
+    if not os.access(found, os.X_OK):
+        raise ctx.error(f"{key}.command[0]", f"{found} is not executable (chmod +x, or run it with its interpreter)")
+    for field, lookup in (("user", pwd.getpwnam), ("group", grp.getgrnam)):
+        name = getattr(spec, field)
+        if isinstance(name, str) and not name.isdigit():
+            try:
+                lookup(name)
+            except KeyError:
+                raise ctx.error(f"{key}.{field}", f"no {field} named {show('', name)} on this machine") from None
+    return spec

@@ -6,10 +6,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..redact import MIN_SECRET
-from ..settings import is_secret_key, read_small_file, show
+from ..core import Address
 from .locate import locate
 from .model import ConfigError, WorkerFactory
+from .redact import MIN_SECRET, could_be_secret
+from .settings import is_secret_key, read_small_file, show
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"[+-]?\d+")
@@ -65,14 +66,23 @@ class Reader:
         self.singletons: dict[str, Any] = {}  # path -> Singleton
         self.cluster: Any = None  # the [cluster] table's config, read before the tree
         self.warnings: list[str] = []
+        self.included: dict[str, list[Any]] = {}  # supervisor path -> the included files that add children to it
+        self.included_used: set[str] = set()
+        self.daemon_env: dict[str, str] = {}  # [daemon] env_file: every OS child gets these (under its own)
+        self.host_checks = False  # also check what only this machine can say: programs, users (the daemon's loads)
 
-    def secret(self, key: str, value: str) -> None:
+    def secret(self, key: str, value: str, named: bool = True) -> None:
+        """``value`` is redacted from everything the daemon writes, unless it cannot be a secret (a number, a path,
+        a short word); ``named``: its key says it is one, so a value too short to be one is worth a warning."""
         if not value:
             return
-        if len(value) < MIN_SECRET:
-            self.warnings.append(
-                f"{key}: shorter than {MIN_SECRET} characters, so it cannot be redacted from logs; use a real secret"
-            )
+        if not could_be_secret(value):
+            if named and len(value) < MIN_SECRET:
+                self.warnings.append(
+                    f"{key}: shorter than {MIN_SECRET} characters, so it is not redacted from logs (a value that "
+                    "short is not a secret); use a real secret"
+                )
+            return
         self.secrets.add(value)
 
     def collect(self, table: Mapping[str, Any], key: str) -> None:
@@ -175,10 +185,5 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def split_host_port(value: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` → (host, port); ValueError says what is wrong."""
-    host, sep, port_s = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f'must be "host:port" or "unix:/path", got {show("address", value)}')
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5 or not 0 < int(port_s) < 65536:
-        raise ValueError(f"port must be 1..65535, got {show('port', port_s)}")
-    return host, int(port_s)
+    addr = Address.tcp(value)
+    return addr.host, addr.port

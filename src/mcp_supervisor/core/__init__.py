@@ -1,11 +1,14 @@
 """The supervision engine: OTP semantics for in-process workers and OS processes, on the standard library only.
 
-Everything a user needs is exported here; the submodules are the engine's own layout (see docs/architecture.md).
+``__all__`` is the library's API — trees, specs, events, errors, mailboxes, clocks and the typed records they
+return — for a program that embeds the core (a worker imports :mod:`mcp_supervisor.worker` instead). The rest of the
+package reaches past it only through a few named seams (``tests/test_boundaries.py`` lists them); the submodules
+are the engine's own layout (docs/architecture.md).
 """
 
-from .cgroups import Cgroups
-from .clock import Clock, Deadline, LoopClock, ManualClock
-from .context import ChildContext, Key, current_child
+from .address import Address
+from .clock import Clock, ManualClock
+from .context import ChildContext, Key
 from .errors import (
     CalleeExited,
     CallError,
@@ -25,6 +28,8 @@ from .events import (
     ChildExited,
     ChildStarted,
     ChildUnstopped,
+    CrashLoopEnded,
+    CrashLoopStarted,
     EscapeeKilled,
     Event,
     EventBus,
@@ -33,17 +38,19 @@ from .events import (
     ProcessOutput,
     RestartScheduled,
     ShutdownTimeout,
+    SingletonKilled,
+    SingletonStarted,
     SpecWarning,
     StartFailed,
     Subscription,
     SupervisorStopped,
 )
-from .intensity import add_restart
-from .mailbox import Call, Cast, Mailbox, MailboxStatistics, Message, Registry
+from .forensics import Cause, Certainty, Episode, ExitRecord
+from .loopwatch import LAG_BUCKETS, Blocked, LoopBlocked, LoopWatch
+from .mailbox import Call, Cast, Mailbox, MailboxStatistics, Message
 from .specs import (
     BRUTAL_KILL,
     INFINITY,
-    RLIMITS,
     AutoShutdown,
     Backoff,
     ChildSpec,
@@ -58,42 +65,50 @@ from .specs import (
     WorkerFn,
     WorkerSpec,
 )
-from .state import ChildCounts, ChildView, LastExit, NodeStatus, State, SupervisorStatistics
+from .state import ChildCounts, CrashLoop, LastExit, NodeStatus, Resources, State, SupervisorStatistics
 from .supervisor import Supervisor
 from .tree import ShutdownReport, Tree
+from .watches import run_once
 
 __all__ = [
     "BRUTAL_KILL",
     "INFINITY",
-    "RLIMITS",
+    "LAG_BUCKETS",
+    "Address",
     "AutoShutdown",
     "Backoff",
+    "Blocked",
     "BusStatistics",
     "Call",
     "CallError",
     "CallTimeout",
     "CalleeExited",
     "Cast",
-    "Cgroups",
+    "Cause",
+    "Certainty",
     "ChildContext",
     "ChildCounts",
     "ChildExited",
     "ChildSpec",
     "ChildStarted",
     "ChildUnstopped",
-    "ChildView",
     "Clock",
-    "Deadline",
+    "CrashLoop",
+    "CrashLoopEnded",
+    "CrashLoopStarted",
+    "Episode",
     "EscapeeKilled",
     "Event",
     "EventBus",
     "ExitReason",
+    "ExitRecord",
     "FailedToStartChild",
     "IntensityExceeded",
     "Key",
     "LastExit",
     "Liveness",
-    "LoopClock",
+    "LoopBlocked",
+    "LoopWatch",
     "Mailbox",
     "MailboxFull",
     "MailboxStatistics",
@@ -107,12 +122,14 @@ __all__ = [
     "ProcessSpec",
     "ReadyCommand",
     "ReadyTCP",
-    "Registry",
+    "Resources",
     "Restart",
     "RestartScheduled",
     "Shutdown",
     "ShutdownReport",
     "ShutdownTimeout",
+    "SingletonKilled",
+    "SingletonStarted",
     "SpecError",
     "SpecWarning",
     "StartFailed",
@@ -128,7 +145,6 @@ __all__ = [
     "Tree",
     "WorkerFn",
     "WorkerSpec",
-    "add_restart",
-    "current_child",
     "describe",
+    "run_once",
 ]  # fmt: skip

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from . import forensics
 from .context import ChildContext
 from .events import ExitReason
 from .process import OsProcess
 from .specs import ChildSpec, SupervisorSpec
-from .state import ChildView, LastExit, NodeStatus, State
+from .state import ChildView, CrashLoop, LastExit, NodeStatus, Resources, State
 
 
 class Node(Protocol):
@@ -33,9 +34,9 @@ class Child:
     """Everything the supervisor knows about one child; written only by that supervisor's task."""
 
     __slots__ = (
-        "attempt", "ctx", "exit_fut", "gen", "handle", "id", "last_exit", "last_exit_at", "next_restart_at", "path",
-        "pid", "proc", "ready_fut", "restarts", "spec", "started_at", "state", "stop_requested", "sub", "task",
-        "token",
+        "attempt", "ctx", "exit_fut", "exits", "gen", "handle", "history", "id", "last_exit", "last_exit_at",
+        "loops", "next_restart_at", "path", "pid", "proc", "ready_at", "ready_fut", "restarts", "spawned_at", "spec",
+        "started_at", "state", "stop_requested", "sub", "task", "token",
     )  # fmt: skip
 
     def __init__(self, spec: ChildSpec, path: str) -> None:
@@ -48,7 +49,7 @@ class Child:
         self.ready_fut: asyncio.Future[Any] | None = None
         self.handle: Any = None
         self.sub: Node | None = None  # a supervisor child's running supervisor
-        self.ctx: ChildContext | None = None
+        self.ctx: ChildContext[Any] | None = None
         self.proc: OsProcess | None = None
         self.pid: int | None = None
         self.restarts = 0
@@ -60,6 +61,11 @@ class Child:
         self.token: object | None = None  # a pending delayed restart (the group shares one)
         self.attempt = 0  # restart delays: how many in a row
         self.gen = 0  # incarnation number: late messages about an older one are ignored
+        self.spawned_at: float | None = None  # wall clock: this incarnation's start
+        self.ready_at: float | None = None  # wall clock: when it became ready
+        self.history = forensics.history()  # its last incarnations' exit records, oldest first
+        self.exits: dict[str, int] = {}  # ends by cause, over its whole life
+        self.loops = forensics.CrashLoops()
 
     @property
     def alive(self) -> bool:
@@ -78,6 +84,8 @@ class Child:
         """This child as a typed record (without its own children: the tree adds them)."""
         running = self.state is State.RUNNING
         last = self.last_exit
+        cause = self.history[-1].cause if last is not None and self.history else ""
+        episode = self.loops.episode
         return NodeStatus(
             id=self.id,
             path=self.path,
@@ -85,13 +93,24 @@ class Child:
             state=self.state,
             restarts=self.restarts,
             uptime_s=round(clock_now - self.started_at, 3) if running and self.started_at else 0.0,
-            last_exit=LastExit(last.kind, last.detail, self.last_exit_at) if last is not None else None,
+            last_exit=LastExit(last.kind, last.detail, self.last_exit_at, cause) if last is not None else None,
             pid=self.pid if self.spec.kind == "process" and self.alive else None,
-            escaped_pids=escaped,
+            detached_pids=escaped,
             next_restart_at=(
                 round(wall_now + (self.next_restart_at - clock_now), 3)
                 if self.state is State.RESTARTING and self.next_restart_at is not None
                 else None
             ),
             strategy=str(self.spec.flags.strategy) if isinstance(self.spec, SupervisorSpec) else None,
+            resources=self.resources() if self.spec.kind == "process" else None,
+            exits=dict(self.exits),
+            crash_loop=CrashLoop(episode.since, episode.count, episode.cause, episode.line) if episode else None,
         )
+
+    def resources(self) -> Resources | None:
+        """What this OS child uses now (None while it does not run)."""
+        proc = self.proc
+        if proc is None or not self.alive:
+            return None
+        u = proc.usage
+        return Resources(u.cpu_s, u.rss_bytes, u.peak(), u.fds, u.threads, u.processes, tuple(u.rss_samples))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .events import Event, EventBus, Subscription
 from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, Message, Registry, mailbox_of
@@ -49,8 +49,14 @@ class Host(Protocol):
     def views(self) -> Iterator[ChildView]: ...
 
 
-class ChildContext:
-    """Handed to a worker's ``run(ctx)``. Call :meth:`started` once the worker is usable ("started means ready")."""
+H = TypeVar("H")
+
+
+class ChildContext(Generic[H]):
+    """Handed to a worker's ``run(ctx)``. Call :meth:`started` once the worker is usable ("started means ready").
+
+    Generic in the handle the worker hands out (anyio's ``TaskStatus``): a worker typed ``ChildContext[Cache]``
+    must pass a ``Cache`` to ``started``; one typed ``ChildContext[None]`` calls ``started()`` with nothing."""
 
     __slots__ = (
         "_host",
@@ -90,7 +96,13 @@ class ChildContext:
         self._stop_deadline: float | None = None
 
     # -- readiness and the supervisor's side ------------------------------------------------------------------
-    def started(self, handle: T | None = None) -> None:
+    @overload
+    def started(self: ChildContext[None]) -> None: ...
+
+    @overload
+    def started(self, handle: H) -> None: ...
+
+    def started(self, handle: Any = None) -> None:
         """Report readiness; ``handle`` is what others get from :func:`service` / :meth:`handle` for this child."""
         if not self._ready.done():
             self._ready.set_result(handle)

@@ -56,10 +56,18 @@ class FailedToStartChild(SupervisorError):
 class NoSuchPath(SupervisorError, LookupError):
     """No supervisor or child at that path. ``what`` says which was looked for (``child``, ``running supervisor``)."""
 
-    def __init__(self, path: str, what: str = "child") -> None:
+    def __init__(self, path: str, what: str = "child", siblings: list[str] | None = None) -> None:
         self.path = path
         self.what = what
-        super().__init__(f"no {what} at path {path!r}; `which_children` lists what exists")
+        parent = path.strip("/").rpartition("/")[0]
+        if siblings is None:
+            hint = ""
+        elif siblings:
+            shown = ", ".join(siblings[:20]) + (", ..." if len(siblings) > 20 else "")
+            hint = f"; {'the root' if not parent else repr(parent)} has: {shown}"
+        else:
+            hint = f"; {'the root' if not parent else repr(parent)} has no children"
+        super().__init__(f"no {what} at path {path!r}{hint}")
 
 
 class OperationError(SupervisorError):

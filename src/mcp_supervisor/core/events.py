@@ -18,10 +18,16 @@ ExitKind: TypeAlias = Literal["normal", "shutdown", "abnormal"]
 
 @dataclass(frozen=True, slots=True)
 class ExitReason:
-    """How a child ended: ``normal`` (returned / exit 0), ``shutdown`` (stopped on purpose), or ``abnormal``."""
+    """How a child ended: ``normal`` (returned / exit 0), ``shutdown`` (stopped on purpose), or ``abnormal``; for
+    an OS process also its exit code or the signal (by name) that ended it and whether it dumped core, and
+    ``ended_by`` when the daemon ended it itself (``max_memory``, ``liveness``)."""
 
     kind: ExitKind
     detail: str = ""
+    code: int | None = None
+    signal: str | None = None
+    core_dumped: bool = False
+    ended_by: str | None = None
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}" if self.detail else self.kind
@@ -54,11 +60,49 @@ class ChildExited(Event):
     reason: ExitReason
     pid: int | None = None
     uptime_s: float = 0.0
+    cause: str = ""  # core.forensics.Cause
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrashLoopStarted(Event):
+    """The child ended ``count`` times with the same cause and a similar last line within its intensity period."""
+
+    cause: str
+    count: int
+    since: float  # wall clock
+    line: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrashLoopEnded(Event):
+    """An incarnation of a crash-looping child stayed up; ``count`` failures made the episode."""
+
+    cause: str
+    count: int
+    since: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SingletonStarted(Event):
+    """Fleet mode: this node took a singleton's lease and started it (``token``: its fencing token)."""
+
+    node: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SingletonKilled(Event):
+    """Fleet mode's backstop: a singleton's OS process still ran when its lease's hard deadline came (its stop did
+    not finish in time) and was SIGKILLed with its group, before the lease could expire anywhere."""
+
+    pid: int
+    token: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartFailed(Event):
     reason: ExitReason
+    cause: str = ""  # core.forensics.Cause: start-failure, or what killed it while it started
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -104,9 +104,10 @@ class Runtime:
         parent, _, last = path.strip("/").rpartition("/")
         if not last:
             raise NoSuchPath(path)
-        child = self.supervisor_at(parent).child(last)
+        sup = self.supervisor_at(parent)
+        child = sup.child(last)
         if child is None:
-            raise NoSuchPath(path)
+            raise NoSuchPath(path, siblings=[c.id for c in sup.children])
         return child
 
     # -- handles of running children -----------------------------------------------------------------------

@@ -69,6 +69,7 @@ class Stopper:
                 return True
         rt.unstopped.append(child.path)
         rt.keep(task)  # a detached task stays referenced until it ends
+        child.exit_fut = None  # detached: its supervisor may start a new incarnation (OTP would have killed it)
         if rt.bus.active:
             rt.bus.emit(ChildUnstopped(path=child.path, timeout_s=timeout))
         return False

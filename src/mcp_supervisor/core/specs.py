@@ -38,7 +38,7 @@ class AutoShutdown(enum.StrEnum):
 BRUTAL_KILL: Literal["brutal_kill"] = "brutal_kill"
 INFINITY: Literal["infinity"] = "infinity"
 ShutdownSpec: TypeAlias = float | Literal["brutal_kill", "infinity"]
-WorkerFn: TypeAlias = Callable[[ChildContext], Awaitable[None]]
+WorkerFn: TypeAlias = Callable[[ChildContext[Any]], Awaitable[None]]
 
 DEFAULT_WORKER_SHUTDOWN = 5.0
 DEFAULT_START_TIMEOUT = 30.0
@@ -224,10 +224,13 @@ RLIMITS = {"nofile": "nofile", "nproc": "nproc", "core": "core", "memory": "as",
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Common:
     id: str
-    restart: Restart | str = Restart.PERMANENT
+    restart: Restart = Restart.PERMANENT
     shutdown: ShutdownSpec = DEFAULT_WORKER_SHUTDOWN
     significant: bool = False
     backoff: Backoff | None = None
+    start_retries: int = 0
+    """How many times a failed first start is tried again (after the backoff's delays) before it counts as the
+    supervisor's start failure; 0 is OTP's rule (supervisord's ``startretries`` is the opt-in equivalent)."""
     fencing_token: int | None = None
     """Set by whoever grants this incarnation a lease (fleet singletons): workers read ``ctx.fencing_token``, OS
     processes ``MCP_FENCING_TOKEN``; a store guarding its writes with it refuses an older holder's late writes."""
@@ -245,6 +248,12 @@ class _Common:
             raise SpecError("significant", "a permanent child cannot be significant (use transient or temporary)", True)
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             raise SpecError("backoff", "must be a Backoff", self.backoff)
+        if (
+            isinstance(self.start_retries, bool)
+            or not isinstance(self.start_retries, int)
+            or not (0 <= self.start_retries <= 1000)
+        ):
+            raise SpecError("start_retries", "must be an integer 0..1000", self.start_retries)
 
     @property
     def shutdown_timeout(self) -> float | None:
@@ -282,6 +291,8 @@ class ProcessSpec(_Common):
     inherit_env: bool = True
     ready: Readiness = None
     stop_signal: int = 15  # SIGTERM
+    reload_signal: int | None = None  # sent instead of nothing when the daemon reloads and this table is unchanged
+    pidfile: str | None = None  # the program daemonizes itself: the process this file names is the child
     limits: Mapping[str, int] = field(default_factory=dict)  # RLIMITS key -> value (both soft and hard)
     user: str | None = None  # run as (needs the daemon to run as root)
     group: str | None = None
@@ -311,9 +322,13 @@ class ProcessSpec(_Common):
             raise SpecError("ready", "must be ReadyTCP, ReadyCommand or None", self.ready)
         self._check_os_options()
 
-    def _check_os_options(self) -> None:
-        if isinstance(self.stop_signal, bool) or not isinstance(self.stop_signal, int) or not 0 < self.stop_signal < 65:
-            raise SpecError("stop_signal", "must be a signal number 1..64", self.stop_signal)
+    def _check_os_options(self) -> None:  # noqa: C901, PLR0912 - one check per OS option, each with its own message
+        for name in ("stop_signal", "reload_signal"):
+            sig = getattr(self, name)
+            if sig is not None and (isinstance(sig, bool) or not isinstance(sig, int) or not 0 < sig < 65):
+                raise SpecError(name, "must be a signal number 1..64", sig)
+        if self.pidfile is not None and (not isinstance(self.pidfile, str) or not self.pidfile):
+            raise SpecError("pidfile", "must be a path", self.pidfile)
         for k, v in dict(self.limits).items():
             if k not in RLIMITS:
                 raise SpecError(f"limits.{k}", f"unknown limit (known: {', '.join(sorted(RLIMITS))})", k)
@@ -347,10 +362,10 @@ class ProcessSpec(_Common):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorFlags:
-    strategy: Strategy | str = Strategy.ONE_FOR_ONE
+    strategy: Strategy = Strategy.ONE_FOR_ONE
     intensity: int = DEFAULT_INTENSITY
     period: float = DEFAULT_PERIOD
-    auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER
+    auto_shutdown: AutoShutdown = AutoShutdown.NEVER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", _enum(Strategy, self.strategy, "strategy"))

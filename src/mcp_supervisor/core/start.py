@@ -16,10 +16,20 @@ from typing import Any, NoReturn
 from .child import Child
 from .context import ChildContext, current_child
 from .errors import Shutdown, describe
-from .events import NORMAL, SHUTDOWN, ChildExited, ChildStarted, ExitReason, StartFailed
+from .events import (
+    NORMAL,
+    SHUTDOWN,
+    ChildExited,
+    ChildStarted,
+    CrashLoopEnded,
+    CrashLoopStarted,
+    ExitReason,
+    StartFailed,
+)
+from .forensics import NEAR_LIMIT, ExitRecord, OomEvidence, classify, stable_after
 from .process import OsProcess, run_process
 from .runtime import Runtime
-from .specs import SupervisorSpec, WorkerSpec
+from .specs import ProcessSpec, SupervisorSpec, WorkerSpec
 from .state import State
 
 
@@ -55,11 +65,13 @@ class Starter:
     def __init__(
         self,
         rt: Runtime,
-        run_supervisor: Callable[[SupervisorSpec, str, ChildContext], Awaitable[None]],
+        run_supervisor: Callable[[SupervisorSpec, str, ChildContext[Any]], Awaitable[None]],
         stop: Callable[[Child], Awaitable[bool]],
         exited: Callable[[Child, int, ExitReason], None],
+        period: Callable[[], float] = lambda: 5.0,
     ) -> None:
         self.rt = rt
+        self._period = period  # the supervisor's intensity period: the window of a crash loop
         self._run_supervisor = run_supervisor
         self._stop = stop
         self._exited = exited
@@ -76,13 +88,15 @@ class Starter:
         child.sub = None
         child.pid = None
         child.proc = None
+        child.spawned_at = time.time()
+        child.ready_at = None
         exit_fut: asyncio.Future[ExitReason] = loop.create_future()
         ready: asyncio.Future[Any] = loop.create_future()
         child.exit_fut = exit_fut
         child.ready_fut = ready
         spec = child.spec
         args = spec.args if isinstance(spec, WorkerSpec) else ()
-        ctx = ChildContext(
+        ctx = ChildContext[Any](
             child.path, child.id, tuple(args), ready, rt, shutdown_s=spec.shutdown_timeout,
             fencing_token=spec.fencing_token,
         )  # fmt: skip
@@ -106,6 +120,9 @@ class Starter:
             child.sub = handle  # the running nested supervisor, which the tree's lookups walk into
         child.state = State.RUNNING
         child.started_at = rt.clock.now()
+        child.ready_at = time.time()
+        if child.loops.episode is not None:  # crash-looping: the episode ends if this incarnation stays up
+            rt.clock.call_later(stable_after(self._period()), partial(self._stayed_up, child, gen))
         if child.last_exit is not None or child.restarts:
             child.restarts += 1
         rt.notify_running(child.path)
@@ -117,11 +134,48 @@ class Starter:
         child.task = None
         child.last_exit = reason
         child.last_exit_at = time.time()
+        record = self._record(child, reason, ready=False)
         if self.rt.bus.active:
-            self.rt.bus.emit(StartFailed(path=child.path, reason=reason))
+            self.rt.bus.emit(StartFailed(path=child.path, reason=reason, cause=record.cause))
+        self._loop_check(child, record)
         raise StartFailure(reason)
 
-    async def _main(self, child: Child, gen: int, ctx: ChildContext, exit_fut: asyncio.Future[ExitReason]) -> None:
+    def _record(self, child: Child, reason: ExitReason, ready: bool) -> ExitRecord:
+        """The incarnation's exit record, added to the child's history."""
+        proc = child.proc
+        usage = proc.usage if proc is not None else None
+        oom = None
+        if usage is not None and isinstance(child.spec, ProcessSpec):
+            limit = usage.memory_limit(child.spec.limits.get("memory"), child.spec.max_memory)
+            near = limit is not None and usage.peak() >= NEAR_LIMIT * limit
+            oom = OomEvidence(kills=usage.oom_kills(), own_cgroup=usage.own_cgroup, near_limit=near)
+        cause, certainty = classify(ready, reason, oom)
+        record = ExitRecord(
+            pid=child.pid, started_at=child.spawned_at or time.time(), ready_at=child.ready_at if ready else None,
+            ended_at=time.time(), reason=reason, cause=cause, certainty=certainty,
+            peak_rss_bytes=usage.peak() if usage is not None else None,
+            cpu_s=usage.cpu_s if usage is not None else None,
+            last_lines=tuple(proc.tail) if proc is not None else (),
+        )  # fmt: skip
+        child.history.append(record)
+        child.exits[cause] = child.exits.get(cause, 0) + 1
+        return record
+
+    def _loop_check(self, child: Child, record: ExitRecord) -> None:
+        episode = child.loops.ended(record, self._period())
+        if episode is not None and self.rt.bus.active:
+            self.rt.bus.emit(CrashLoopStarted(path=child.path, cause=episode.cause, count=episode.count,
+                                              since=episode.since, line=episode.line))  # fmt: skip
+
+    def _stayed_up(self, child: Child, gen: int) -> None:
+        if child.gen != gen or child.state is not State.RUNNING:
+            return
+        episode = child.loops.stayed_up()
+        if episode is not None and self.rt.bus.active:
+            self.rt.bus.emit(CrashLoopEnded(path=child.path, cause=episode.cause, count=episode.count,
+                                            since=episode.since))  # fmt: skip
+
+    async def _main(self, child: Child, gen: int, ctx: ChildContext[Any], exit_fut: asyncio.Future[ExitReason]) -> None:
         spec = child.spec
         reason = NORMAL
         current_child.set(child.path)  # this task's own context: its log lines carry the child's path
@@ -160,7 +214,7 @@ class Starter:
         self,
         child: Child,
         gen: int,
-        ctx: ChildContext,
+        ctx: ChildContext[Any],
         exit_fut: asyncio.Future[ExitReason],
         reason: ExitReason | None,
     ) -> None:
@@ -183,10 +237,11 @@ class Starter:
         uptime = self.rt.clock.now() - child.started_at if child.started_at is not None else 0.0
         child.last_exit = reason
         child.last_exit_at = time.time()
+        record = self._record(child, reason, ready=True)
         if self.rt.bus.active:
-            self.rt.bus.emit(
-                ChildExited(path=child.path, kind=child.spec.kind, reason=reason, pid=child.pid, uptime_s=uptime)
-            )
+            self.rt.bus.emit(ChildExited(path=child.path, kind=child.spec.kind, reason=reason, pid=child.pid,
+                                         uptime_s=uptime, cause=record.cause))  # fmt: skip
+        self._loop_check(child, record)
         if not child.stop_requested:
             self._exited(child, gen, reason)
 

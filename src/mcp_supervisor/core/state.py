@@ -27,6 +27,35 @@ class LastExit:
     reason: ExitKind
     detail: str
     at: float | None  # wall clock
+    cause: str = ""  # core.forensics.Cause
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What an OS child's processes use now (summed over its group and detached descendants)."""
+
+    cpu_s: float
+    rss_bytes: int
+    peak_rss_bytes: int
+    fds: int | None  # counted every few seconds; None until the first count
+    threads: int
+    processes: int
+    rss_history: tuple[int, ...] = ()  # a sample every few seconds, oldest first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpu_s": round(self.cpu_s, 2), "rss_bytes": self.rss_bytes, "peak_rss_bytes": self.peak_rss_bytes,
+                "fds": self.fds, "threads": self.threads, "processes": self.processes,
+                "rss_history": list(self.rss_history)}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CrashLoop:
+    """A crash-loop episode going on: since when (wall clock), how many similar failures, their cause and line."""
+
+    since: float
+    count: int
+    cause: str
+    line: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,9 +70,12 @@ class NodeStatus:
     uptime_s: float = 0.0
     last_exit: LastExit | None = None
     pid: int | None = None  # processes only
-    escaped_pids: tuple[int, ...] = ()  # processes: descendants that left the process group
+    detached_pids: tuple[int, ...] = ()  # processes: descendants that left its process group (setsid)
     next_restart_at: float | None = None  # wall clock, while restarting with a delay
     strategy: str | None = None  # supervisors only
+    resources: Resources | None = None  # processes only
+    exits: Mapping[str, int] = field(default_factory=dict)  # ends by cause over the child's life
+    crash_loop: CrashLoop | None = None
     children: tuple[NodeStatus, ...] = field(default=())
 
     def walk(self) -> Iterator[NodeStatus]:
@@ -61,15 +93,24 @@ class NodeStatus:
             "restarts": self.restarts,
             "uptime_s": self.uptime_s,
             "last_exit": (
-                {"reason": self.last_exit.reason, "detail": self.last_exit.detail, "at": self.last_exit.at}
+                {"reason": self.last_exit.reason, "detail": self.last_exit.detail, "at": self.last_exit.at,
+                 "cause": self.last_exit.cause}
                 if self.last_exit is not None
                 else None
             ),
-        }
+            "exits": dict(self.exits),
+            "crash_loop": (
+                {"since": self.crash_loop.since, "count": self.crash_loop.count, "cause": self.crash_loop.cause,
+                 "line": self.crash_loop.line}
+                if self.crash_loop is not None
+                else None
+            ),
+        }  # fmt: skip
         if self.kind == "process":
             out["pid"] = self.pid
-            if self.escaped_pids:
-                out["escaped_pids"] = list(self.escaped_pids)
+            if self.detached_pids:
+                out["detached_pids"] = list(self.detached_pids)
+            out["resources"] = self.resources.as_dict() if self.resources is not None else None
         if self.next_restart_at is not None:
             out["next_restart_at"] = self.next_restart_at
         if self.kind == "supervisor":
@@ -80,6 +121,7 @@ class NodeStatus:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NodeStatus:
         last = d.get("last_exit")
+        res, loop = d.get("resources"), d.get("crash_loop")
         return cls(
             id=d["id"],
             path=d["path"],
@@ -87,11 +129,26 @@ class NodeStatus:
             state=State(d["state"]),
             restarts=d.get("restarts", 0),
             uptime_s=d.get("uptime_s", 0.0),
-            last_exit=LastExit(last["reason"], last.get("detail", ""), last.get("at")) if last else None,
+            last_exit=LastExit(last["reason"], last.get("detail", ""), last.get("at"), last.get("cause", ""))
+            if last
+            else None,
             pid=d.get("pid"),
-            escaped_pids=tuple(d.get("escaped_pids", ())),
+            detached_pids=tuple(d.get("detached_pids", ())),
             next_restart_at=d.get("next_restart_at"),
             strategy=d.get("strategy"),
+            resources=Resources(
+                res["cpu_s"],
+                res["rss_bytes"],
+                res["peak_rss_bytes"],
+                res.get("fds"),
+                res["threads"],
+                res["processes"],
+                tuple(res.get("rss_history", ())),
+            )
+            if res
+            else None,
+            exits=dict(d.get("exits", {})),
+            crash_loop=CrashLoop(loop["since"], loop["count"], loop["cause"], loop["line"]) if loop else None,
             children=tuple(cls.from_dict(c) for c in d.get("children", ())),
         )
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, assert_never
 
 from . import policy
 from .child import Child
@@ -31,7 +31,17 @@ from .intensity import RestartWindow
 from .reconcile import Step, plan
 from .runtime import Runtime
 from .shutdown import Stopper
-from .specs import AutoShutdown, ChildSpec, ProcessSpec, Restart, Strategy, SupervisorFlags, SupervisorSpec, WorkerSpec
+from .specs import (
+    AutoShutdown,
+    Backoff,
+    ChildSpec,
+    ProcessSpec,
+    Restart,
+    Strategy,
+    SupervisorFlags,
+    SupervisorSpec,
+    WorkerSpec,
+)
 from .start import Starter, StartFailure
 from .state import ChildCounts, NodeStatus, State, SupervisorStatistics
 
@@ -48,13 +58,57 @@ class _RestartDue:
     token: object
 
 
+# -- runtime operations: the closed set of requests a supervisor handles (suture's messages.go) ---------------
 @dataclass(frozen=True, slots=True)
-class _Request:
-    op: Callable[[], Coroutine[Any, Any, Any]]
+class StartChild:
+    spec_or_args: ChildSpec | tuple[Any, ...] | list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateChild:
+    child_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartChild:
+    child_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRestart:
+    child_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteChild:
+    child_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    specs: list[ChildSpec]
+    replace: set[str]
+    flags: SupervisorFlags | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    pass
+
+
+Request = StartChild | TerminateChild | RestartChild | OperatorRestart | DeleteChild | Reconcile | Sync
+"""Every operation another task may ask of a supervisor; ``_handle`` matches them exhaustively."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    request: Request
     reply: asyncio.Future[Any]
 
 
-_Msg = _Exited | _RestartDue | _Request
+_Msg = _Exited | _RestartDue | _Call
+DEFAULT_RETRY_BACKOFF = Backoff(initial=1.0, max=10.0)
+"""The delays between a first start's retries (``start_retries``) for a child without a ``backoff``."""
 
 
 class Supervisor:
@@ -74,7 +128,7 @@ class Supervisor:
         self._closed = False  # stopping or stopped: every request fails at once (OTP answers noproc)
         self._seq = 0
         self._dynamic = spec.flags.strategy is Strategy.SIMPLE_ONE_FOR_ONE
-        self._starter = Starter(rt, self._run_sub, self._stop_child, self._exited)
+        self._starter = Starter(rt, self._run_sub, self._stop_child, self._exited, lambda: self.flags.period)
         self._stopper = Stopper(rt, self._starter.finish_unstarted)
 
     # -- what the rest of the core sees (child.Node) ------------------------------------------------------------
@@ -131,14 +185,14 @@ class Supervisor:
         return self._by_id.get(child.id) is child
 
     # -- the supervisor's own life ------------------------------------------------------------------------
-    async def run(self, ctx: ChildContext) -> None:
+    async def run(self, ctx: ChildContext[Any]) -> None:
         try:
             if not self._dynamic:
                 for spec in self.spec.children:
                     self._add(spec)
                 for child in list(self._children):
                     try:
-                        await self._starter.start(child)
+                        await self._first_start(child)
                     except StartFailure as e:
                         await self._stop_all()
                         raise FailedToStartChild(child.path, str(e.reason)) from None
@@ -181,7 +235,7 @@ class Supervisor:
         self._closed = True
         kept: deque[_Msg] = deque()
         for msg in self._inbox:
-            if isinstance(msg, _Request):
+            if isinstance(msg, _Call):
                 if not msg.reply.done():
                     msg.reply.set_exception(self._not_running())
             else:
@@ -200,21 +254,46 @@ class Supervisor:
                         c.token = None
                         c.next_restart_at = None
                     await self._start_group(group)
-            case _Request(op, reply):
-                if reply.done():
-                    return
-                try:
-                    result = await op()
-                except asyncio.CancelledError:
-                    if not reply.done():
-                        reply.set_exception(self._not_running())
-                    raise
-                except Exception as e:  # noqa: BLE001 - an operation error goes back to its caller
-                    if not reply.done():
-                        reply.set_exception(e)
-                else:
-                    if not reply.done():
-                        reply.set_result(result)
+            case _Call(request, reply):
+                await self._answer(request, reply)
+            case _:
+                assert_never(msg)
+
+    async def _answer(self, request: Request, reply: asyncio.Future[Any]) -> None:
+        """Run a request; its result or its error goes back to the caller (who may have given up waiting)."""
+        if reply.done():
+            return
+        try:
+            result = await self._handle(request)
+        except asyncio.CancelledError:
+            if not reply.done():
+                reply.set_exception(self._not_running())
+            raise
+        except Exception as e:  # noqa: BLE001 - an operation error goes back to its caller
+            if not reply.done():
+                reply.set_exception(e)
+        else:
+            if not reply.done():
+                reply.set_result(result)
+
+    async def _handle(self, request: Request) -> Any:
+        match request:
+            case StartChild(spec_or_args):
+                return await self._start_child(spec_or_args)
+            case TerminateChild(child_id):
+                return await self._terminate_child(child_id)
+            case RestartChild(child_id):
+                return await self._restart_child(child_id)
+            case OperatorRestart(child_id):
+                return await self._operator_restart(child_id)
+            case DeleteChild(child_id):
+                return self._delete_child(child_id)
+            case Reconcile(specs, replace, flags):
+                return await self._reconcile(specs, replace, flags)
+            case Sync():
+                return None
+            case _:
+                assert_never(request)
 
     # -- starting ------------------------------------------------------------------------------------------
     async def _start_or_fail(self, child: Child) -> None:
@@ -224,10 +303,28 @@ class Supervisor:
         except StartFailure as e:
             raise FailedToStartChild(child.path, str(e.reason)) from None
 
+    async def _first_start(self, child: Child) -> None:
+        """A child's first start, tried again ``start_retries`` times after its backoff's delays; raises the last
+        StartFailure."""
+        retries = child.spec.start_retries
+        for attempt in range(retries + 1):
+            try:
+                await self._starter.start(child)
+                return
+            except StartFailure:
+                if attempt == retries:
+                    raise
+            delay = (child.spec.backoff or DEFAULT_RETRY_BACKOFF).delay(attempt, self.rt.rand.random())
+            if self.rt.bus.active:
+                self.rt.bus.emit(RestartScheduled(path=child.path, delay_s=delay, attempt=attempt + 1))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.rt.clock.call_later(delay, functools.partial(_resolve, done))
+            await done
+
     async def _stop_child(self, child: Child) -> bool:
         return await self._stopper.stop(child)
 
-    async def _run_sub(self, spec: SupervisorSpec, path: str, ctx: ChildContext) -> None:
+    async def _run_sub(self, spec: SupervisorSpec, path: str, ctx: ChildContext[Any]) -> None:
         await Supervisor(spec, path, self.rt).run(ctx)
 
     # -- exits and restarts --------------------------------------------------------------------------------
@@ -235,13 +332,13 @@ class Supervisor:
         child.task = None
         child.state = State.STOPPED
         spec = child.spec
-        decision = policy.after_exit(cast(Restart, spec.restart), reason.kind, dynamic=self._dynamic)
+        decision = policy.after_exit(spec.restart, reason.kind, dynamic=self._dynamic)
         if decision is not policy.Decision.RESTART:
             if decision is policy.Decision.REMOVE:
                 self._remove(child)
             if spec.significant:
                 others = any(c.spec.significant and c.state is not State.STOPPED for c in self._children)
-                if policy.auto_shutdown(cast(AutoShutdown, self.flags.auto_shutdown), others):
+                if policy.auto_shutdown(self.flags.auto_shutdown, others):
                     await self._give_up(ExitReason("shutdown", "auto_shutdown"))
             return
         if spec.backoff is not None and child.started_at is not None:
@@ -270,12 +367,12 @@ class Supervisor:
         if not self._count_restart():
             await self._intensity_exceeded()
             return
-        group = policy.restart_group(cast(Strategy, self.flags.strategy), self._children, child)
+        group = policy.restart_group(self.flags.strategy, self._children, child)
         if len(group) > 1:
             for sibling in reversed(group):
                 if sibling is not child:
                     await self._stopper.stop(sibling)
-            for sibling in policy.caught(group, child, lambda c: cast(Restart, c.spec.restart)):
+            for sibling in policy.caught(group, child, lambda c: c.spec.restart):
                 self._remove(sibling)
         await self._schedule([c for c in group if self._registered(c)], child)
 
@@ -320,7 +417,7 @@ class Supervisor:
             await self._intensity_exceeded()
             return
         c = group[i]
-        retry = [r for r in policy.retry_group(cast(Strategy, self.flags.strategy), group, i) if self._registered(r)]
+        retry = [r for r in policy.retry_group(self.flags.strategy, group, i) if self._registered(r)]
         for r in retry:
             if not r.alive:
                 r.state = State.RESTARTING
@@ -344,17 +441,17 @@ class Supervisor:
             self._remove(c)
 
     # -- runtime operations (run inside the supervisor's task) --------------------------------------------
-    async def _request(self, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    async def _request(self, request: Request) -> Any:
         if self._closed:
             raise self._not_running()
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._post(_Request(op, reply))
+        self._post(_Call(request, reply))
         return await reply
 
     def _get(self, child_id: str) -> Child:
         child = self._by_id.get(child_id)
         if child is None:
-            raise NoSuchPath(self._child_path(child_id))
+            raise NoSuchPath(self._child_path(child_id), siblings=[c.id for c in self._children])
         return child
 
     def _check_open(self) -> None:
@@ -366,74 +463,85 @@ class Supervisor:
 
         If its start fails the spec is not kept (OTP) and the failure is raised as FailedToStartChild.
         """
-
-        async def op() -> Child:
-            if self._dynamic:
-                if not isinstance(spec_or_args, tuple | list):
-                    raise OperationError(f"{self.path or '/'}: simple_one_for_one takes a list of arguments")
-                self._seq += 1
-                spec = _instantiate(self.spec.template, f"{self.spec.template.id}-{self._seq}", tuple(spec_or_args))
-            else:
-                if not isinstance(spec_or_args, WorkerSpec | ProcessSpec | SupervisorSpec):
-                    raise OperationError("start_child takes a child spec")
-                spec = spec_or_args
-                if spec.id in self._by_id:
-                    state = self._by_id[spec.id].state
-                    code = "already_present" if state is State.STOPPED else "already_started"
-                    raise OperationError(f"{self._child_path(spec.id)}: already present ({state})", code)
-                if spec.significant and self.flags.auto_shutdown is AutoShutdown.NEVER:
-                    raise SpecError("significant", "needs auto_shutdown on the supervisor", True)
-            child = self._add(spec)
-            try:
-                await self._start_or_fail(child)
-            except FailedToStartChild:
-                self._remove(child)  # OTP discards the spec of a child whose start_child failed
-                raise
-            return child
-
-        result: Child = await self._request(op)
+        result: Child = await self._request(StartChild(spec_or_args))
         return result
+
+    async def _start_child(self, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any]) -> Child:
+        if self._dynamic:
+            if not isinstance(spec_or_args, tuple | list):
+                raise OperationError(f"{self.path or '/'}: simple_one_for_one takes a list of arguments")
+            self._seq += 1
+            spec = _instantiate(self.spec.template, f"{self.spec.template.id}-{self._seq}", tuple(spec_or_args))
+        else:
+            if not isinstance(spec_or_args, WorkerSpec | ProcessSpec | SupervisorSpec):
+                raise OperationError("start_child takes a child spec")
+            spec = spec_or_args
+            if spec.id in self._by_id:
+                state = self._by_id[spec.id].state
+                code = "already_present" if state is State.STOPPED else "already_started"
+                raise OperationError(f"{self._child_path(spec.id)}: already present ({state})", code)
+            if spec.significant and self.flags.auto_shutdown is AutoShutdown.NEVER:
+                raise SpecError("significant", "needs auto_shutdown on the supervisor", True)
+        child = self._add(spec)
+        try:
+            await self._start_or_fail(child)
+        except FailedToStartChild:
+            self._remove(child)  # OTP discards the spec of a child whose start_child failed
+            raise
+        return child
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child without restarting it; its spec is kept (temporary and dynamic children are removed)."""
+        await self._request(TerminateChild(child_id))
 
-        async def op() -> None:
-            child = self._get(child_id)
-            await self._stopper.stop(child)
-            if self._dynamic or child.spec.restart is Restart.TEMPORARY:
-                self._remove(child)
-
-        await self._request(op)
+    async def _terminate_child(self, child_id: str) -> None:
+        child = self._get(child_id)
+        await self._stopper.stop(child)
+        if self._dynamic or child.spec.restart is Restart.TEMPORARY:
+            self._remove(child)
 
     async def restart_child(self, child_id: str) -> Child:
         """Start a stopped child again from its kept spec."""
-
-        async def op() -> Child:
-            if self._dynamic:
-                raise OperationError(
-                    "restart_child is not supported by simple_one_for_one supervisors", "simple_one_for_one"
-                )
-            child = self._get(child_id)
-            if child.alive or child.state is State.RESTARTING:
-                raise OperationError(f"{child.path}: is {child.state}; terminate it first", _busy(child))
-            await self._start_or_fail(child)
-            return child
-
-        result: Child = await self._request(op)
+        result: Child = await self._request(RestartChild(child_id))
         return result
 
-    async def delete_child(self, child_id: str) -> None:
-        async def op() -> None:
-            if self._dynamic:
-                raise OperationError(
-                    "delete_child is not supported by simple_one_for_one supervisors", "simple_one_for_one"
-                )
-            child = self._get(child_id)
-            if child.alive or child.state is State.RESTARTING:
-                raise OperationError(f"{child.path}: is {child.state}; terminate it before deleting", _busy(child))
-            self._remove(child)
+    async def _restart_child(self, child_id: str) -> Child:
+        if self._dynamic:
+            raise OperationError(
+                "restart_child is not supported by simple_one_for_one supervisors", "simple_one_for_one"
+            )
+        child = self._get(child_id)
+        if child.alive or child.state is State.RESTARTING:
+            raise OperationError(f"{child.path}: is {child.state}; terminate it first", _busy(child))
+        await self._start_or_fail(child)
+        return child
 
-        await self._request(op)
+    async def operator_restart(self, child_id: str) -> Child:
+        """An operator's restart, in one step of this supervisor: stop the child if it runs (a pending delayed
+        restart is dropped), then start it and wait until it is ready; FailedToStartChild when the start fails."""
+        result: Child = await self._request(OperatorRestart(child_id))
+        return result
+
+    async def _operator_restart(self, child_id: str) -> Child:
+        if self._dynamic:
+            raise OperationError("a simple_one_for_one child cannot be restarted by path", "simple_one_for_one")
+        child = self._get(child_id)
+        await self._stopper.stop(child)
+        await self._start_or_fail(child)
+        return child
+
+    async def delete_child(self, child_id: str) -> None:
+        await self._request(DeleteChild(child_id))
+
+    def _delete_child(self, child_id: str) -> None:
+        if self._dynamic:
+            raise OperationError(
+                "delete_child is not supported by simple_one_for_one supervisors", "simple_one_for_one"
+            )
+        child = self._get(child_id)
+        if child.alive or child.state is State.RESTARTING:
+            raise OperationError(f"{child.path}: is {child.state}; terminate it before deleting", _busy(child))
+        self._remove(child)
 
     async def reconcile(
         self, specs: list[ChildSpec], replace: set[str], flags: SupervisorFlags | None = None
@@ -443,53 +551,50 @@ class Supervisor:
 
         Returns ``(path, change)`` pairs; a child whose new start fails is reported, the rest still applies.
         """
-
-        async def op() -> list[tuple[str, str]]:
-            changes: list[tuple[str, str]] = []
-            if flags is not None and flags != self.flags:
-                self.flags = flags
-                self._window = RestartWindow(flags.intensity, flags.period)
-                changes.append((self.path, "flags"))
-            p = plan(self._children, specs, replace)
-            for old in p.removed:
-                await self._stopper.stop(old)
-                self._remove(old)
-                changes.append((old.path, "removed"))
-            order: list[Child] = []
-            to_start: list[Child] = []
-            for step, found, spec in p.steps:
-                c = found if found is not None else Child(spec, self._child_path(spec.id))
-                if step is Step.ADD:
-                    self._by_id[spec.id] = c
-                    to_start.append(c)
-                elif step is Step.REPLACE:
-                    await self._stopper.stop(c)
-                    c.restarts, c.last_exit, c.attempt = 0, None, 0
-                    to_start.append(c)
-                elif isinstance(spec, SupervisorSpec) and isinstance(c.handle, Supervisor):
-                    c.handle.spec = spec  # same settings; a later restart uses the reloaded spec
-                c.spec = spec
-                if step is not Step.KEEP:
-                    changes.append((c.path, str(step)))
-                order.append(c)
-            self._children = order
-            for c in to_start:
-                try:
-                    await self._starter.start(c)
-                except StartFailure as e:
-                    changes.append((c.path, f"failed to start: {e.reason}"))
-            return changes
-
-        result: list[tuple[str, str]] = await self._request(op)
+        result: list[tuple[str, str]] = await self._request(Reconcile(specs, replace, flags))
         return result
+
+    async def _reconcile(
+        self, specs: list[ChildSpec], replace: set[str], flags: SupervisorFlags | None
+    ) -> list[tuple[str, str]]:
+        changes: list[tuple[str, str]] = []
+        if flags is not None and flags != self.flags:
+            self.flags = flags
+            self._window = RestartWindow(flags.intensity, flags.period)
+            changes.append((self.path, "flags"))
+        p = plan(self._children, specs, replace)
+        for old in p.removed:
+            await self._stopper.stop(old)
+            self._remove(old)
+            changes.append((old.path, "removed"))
+        order: list[Child] = []
+        to_start: list[Child] = []
+        for step, found, spec in p.steps:
+            c = found if found is not None else Child(spec, self._child_path(spec.id))
+            if step is Step.ADD:
+                self._by_id[spec.id] = c
+                to_start.append(c)
+            elif step is Step.REPLACE:
+                await self._stopper.stop(c)
+                c.restarts, c.last_exit, c.attempt = 0, None, 0
+                to_start.append(c)
+            elif isinstance(spec, SupervisorSpec) and isinstance(c.handle, Supervisor):
+                c.handle.spec = spec  # same settings; a later restart uses the reloaded spec
+            c.spec = spec
+            if step is not Step.KEEP:
+                changes.append((c.path, str(step)))
+            order.append(c)
+        self._children = order
+        for c in to_start:
+            try:
+                await self._first_start(c)
+            except StartFailure as e:
+                changes.append((c.path, f"failed to start: {e.reason}"))
+        return changes
 
     async def sync(self) -> None:
         """Return once every message posted before this call (exits, due restarts, requests) is handled."""
-
-        async def op() -> None:
-            return None
-
-        await self._request(op)
+        await self._request(Sync())
 
     def which_children(self) -> list[NodeStatus]:
         """Each child as a status record (one level: a supervisor child's own children are not included)."""
@@ -511,6 +616,11 @@ class Supervisor:
     def get_childspec(self, child_id: str) -> ChildSpec:
         self._check_open()
         return self._get(child_id).spec
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _busy(child: Child) -> str:

@@ -7,6 +7,7 @@ import dataclasses
 import random
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,9 +19,11 @@ from .context import ChildContext, Key
 from .errors import FailedToStartChild, OperationError, Shutdown, describe
 from .escapes import Escapes, become_subreaper
 from .events import BusStatistics, EscapeeKilled, EventBus, ExitReason, SpecWarning
+from .forensics import Episode, ExitRecord, diagnose
+from .loopwatch import Blocked, LoopWatch
 from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, mailbox_of
 from .runtime import Runtime
-from .specs import ChildSpec, SupervisorSpec
+from .specs import ChildSpec, ProcessSpec, SupervisorSpec
 from .state import ChildCounts, NodeStatus, State
 from .supervisor import Supervisor
 
@@ -70,6 +73,7 @@ class Tree:
             raise TypeError(f"Tree needs a SupervisorSpec, got {type(spec).__name__}")
         self.spec = spec
         self.rt = Runtime(clock=clock, bus=bus, rand=rand)
+        self.loopwatch: LoopWatch | None = None
         self._root = _Root()
         self._sup: Supervisor | None = None
         self._subreaper = subreaper
@@ -85,7 +89,7 @@ class Tree:
         return self._sup
 
     # -- life ----------------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: C901 - the start sequence with its unwinding at each step (a failed start leaves nothing)
         if self._root.task is not None:
             raise OperationError("the tree is already started")
         rt = self.rt
@@ -105,7 +109,7 @@ class Tree:
         rt.root = sup
         ready: asyncio.Future[Any] = loop.create_future()
         exit_fut: asyncio.Future[ExitReason] = loop.create_future()
-        ctx = ChildContext("", self.spec.id, (), ready, rt)
+        ctx = ChildContext[Any]("", self.spec.id, (), ready, rt)
 
         async def main() -> None:
             try:
@@ -161,6 +165,8 @@ class Tree:
                 await wait_done(self.rt.clock, root.exit_fut, None)
         if self.rt.escapes is not None:
             await self.rt.escapes.stop()
+        if self.loopwatch is not None:
+            self.loopwatch.stop()
         self.rt.close()
         return ShutdownReport(tuple(self.rt.unstopped), time.monotonic() - began)
 
@@ -183,6 +189,37 @@ class Tree:
     def child(self, path: str) -> Child:
         return self.rt.find(path)
 
+    def exits(self, path: str) -> tuple[list[ExitRecord], Episode | None, str]:
+        """The child's exit history (oldest first), its crash-loop episode, and a one-line diagnosis."""
+        child = self.child(path)
+        records = list(child.history)
+        max_memory = child.spec.max_memory if isinstance(child.spec, ProcessSpec) else None
+        return records, child.loops.episode, diagnose(records, child.loops.episode, max_memory, time.time())
+
+    def watch_loop(self, threshold: float = 0.25) -> LoopWatch:
+        """Start noticing who blocks the event loop for longer than ``threshold`` seconds (``LoopBlocked`` events);
+        stopped with the tree."""
+        if self.loopwatch is None:
+            self.loopwatch = LoopWatch(self.bus, self._is_path, threshold)
+            self.loopwatch.start()
+        return self.loopwatch
+
+    def _is_path(self, name: str) -> bool:
+        try:
+            self.child(name)
+        except Exception:  # noqa: BLE001 - called from the watchdog thread: any doubt is "not a child"
+            return False
+        return True
+
+    def loop_blocked(self, path: str) -> Blocked | None:
+        """How often the child at ``path`` blocked the event loop, and where the last time (None: never, or no
+        watch)."""
+        return self.loopwatch.by_path.get(path) if self.loopwatch is not None else None
+
+    def walk(self) -> Iterator[Child]:
+        """Every child of the running tree, depth first (a running supervisor's children after it)."""
+        return self.rt.walk()
+
     async def start_child(self, sup_path: str, spec_or_args: ChildSpec | tuple[Any, ...] | list[Any]) -> str:
         child = await self.supervisor(sup_path).start_child(spec_or_args)
         return child.path
@@ -197,10 +234,21 @@ class Tree:
 
     async def restart(self, path: str) -> None:
         """Stop the child at ``path`` if it runs, then start it again and wait until it is ready (an operator's
-        restart: ``terminate_child`` then ``restart_child``); FailedToStartChild when the new one fails."""
-        if self.child(path).alive:
-            await self.terminate_child(path)
-        await self.restart_child(path)
+        restart, done by its supervisor in one step so that nothing happens in between); FailedToStartChild when
+        the new one fails."""
+        parent, child_id = _split(path)
+        await self.supervisor(parent).operator_restart(child_id)
+
+    def signal(self, path: str, sig: int, group: bool = False) -> int:
+        """Send ``sig`` to the OS child at ``path`` (its process; ``group``: its whole process group), as
+        supervisorctl's ``signal`` does; its pid. A death it causes is the child's own exit (abnormal: the supervisor
+        did not ask for it). OperationError when it is not a running OS process."""
+        child = self.child(path)
+        proc = child.proc
+        if proc is None or not child.alive or proc.exited.done():
+            raise OperationError(f"{child.path}: not a running OS process ({child.spec.kind}, {child.state})")
+        proc.send(sig, group)
+        return proc.pid
 
     async def delete_child(self, path: str) -> None:
         parent, child_id = _split(path)

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..config.settings import Settings
 from ..core import ChildContext, Event, NoSuchPath, NotRunning, State, WorkerFn
-from ..probe import ProbeResult
-from ..settings import Settings
+from .probe import ProbeResult
 from .probes import CheckOutcome, LoopLag, open_fds, rss_bytes, run_check
 
 Overall = Literal["unknown", "healthy", "degraded", "unhealthy"]
@@ -102,7 +102,7 @@ _HEALTH_STATUS = {"healthy": "pass", "degraded": "warn", "unhealthy": "fail", "u
 class HealthMonitor:
     """The monitor's handle: what ``/readyz``, ``/health`` and ``POST /health/check`` read."""
 
-    def __init__(self, settings: HealthSettings, ctx: ChildContext) -> None:
+    def __init__(self, settings: HealthSettings, ctx: ChildContext[Any]) -> None:
         self.settings = settings
         self.ctx = ctx
         self.snapshot = _UNKNOWN
@@ -246,7 +246,7 @@ def _iso(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
-def _running_handles(ctx: ChildContext) -> list[tuple[str, Any]]:
+def _running_handles(ctx: ChildContext[Any]) -> list[tuple[str, Any]]:
     return sorted(
         (v.path, v.handle)
         for v in ctx.views()
@@ -254,7 +254,7 @@ def _running_handles(ctx: ChildContext) -> list[tuple[str, Any]]:
     )
 
 
-async def run_monitor(ctx: ChildContext, settings: HealthSettings) -> None:
+async def run_monitor(ctx: ChildContext[HealthMonitor], settings: HealthSettings) -> None:
     monitor = HealthMonitor(settings, ctx)
     loop = asyncio.get_running_loop()
     lag_task = loop.create_task(monitor.lag.run())
@@ -276,7 +276,7 @@ async def run_monitor(ctx: ChildContext, settings: HealthSettings) -> None:
 def factory(settings: Mapping[str, Any]) -> WorkerFn:
     parsed = parse_settings(settings)
 
-    async def run(ctx: ChildContext) -> None:
+    async def run(ctx: ChildContext[Any]) -> None:
         await run_monitor(ctx, parsed)
 
     return run

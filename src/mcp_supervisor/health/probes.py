@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import describe
-from ..probe import ProbeResult, Status
+from .probe import ProbeResult, Status
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

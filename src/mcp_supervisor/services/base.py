@@ -17,7 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
-from ..core import ChildContext, Deadline, Event, NoSuchPath, NotRunning, SupervisorError, describe
+from ..core import ChildContext, Event, NoSuchPath, NotRunning, SupervisorError, describe
+from ..core.clock import Deadline
 from .events import ServiceOperation
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class Emitter:
 
     __slots__ = ("_ctx", "path", "service")
 
-    def __init__(self, ctx: ChildContext, service: str) -> None:
+    def __init__(self, ctx: ChildContext[Any], service: str) -> None:
         self._ctx = ctx
         self.path = ctx.path
         self.service = service
@@ -161,7 +162,7 @@ class ServiceRef(Generic[T]):
 
     __slots__ = ("_ctx", "_kind", "_path", "_wait")
 
-    def __init__(self, ctx: ChildContext, path: str, kind: type[T], wait: float = DEFAULT_WAIT) -> None:
+    def __init__(self, ctx: ChildContext[Any], path: str, kind: type[T], wait: float = DEFAULT_WAIT) -> None:
         self._ctx = ctx
         self._path = path
         self._kind = kind
@@ -187,6 +188,6 @@ class ServiceRef(Generic[T]):
         return None
 
 
-def service(ctx: ChildContext, path: str, kind: type[T], wait: float = DEFAULT_WAIT) -> ServiceRef[T]:
+def service(ctx: ChildContext[Any], path: str, kind: type[T], wait: float = DEFAULT_WAIT) -> ServiceRef[T]:
     """A typed reference to the service child at ``path`` (see the module docstring)."""
     return ServiceRef(ctx, path, kind, wait)

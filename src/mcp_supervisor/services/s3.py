@@ -1,4 +1,4 @@
-"""``worker = "s3"``: object storage through one aiobotocore client, done right (SERVICES.md §3).
+"""``worker = "s3"``: object storage through one aiobotocore client, done right.
 
 - Encryption is a setting (``AES256``, ``aws:kms`` with a key id, or ``none``: MinIO rejects AES256 without a
   KMS); objects are private by default; keys are validated.
@@ -23,9 +23,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from ..config.settings import Settings, read_secret_file
 from ..core import ChildContext, WorkerFn
-from ..probe import ProbeResult
-from ..settings import Settings, read_secret_file
+from ..health.probe import ProbeResult
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable, retry_connect
 
 MIN_PART = 5 * 2**20
@@ -366,7 +366,7 @@ async def _chunks(source: Any, size: int) -> AsyncIterator[bytes]:
         yield bytes(buf)
 
 
-async def run_s3(ctx: ChildContext, settings: S3Settings) -> None:
+async def run_s3(ctx: ChildContext[Storage], settings: S3Settings) -> None:
     emitter = Emitter(ctx, "storage")
     session = get_session()
     async with session.create_client(
@@ -407,7 +407,7 @@ async def run_s3(ctx: ChildContext, settings: S3Settings) -> None:
 def factory(settings: Mapping[str, Any]) -> WorkerFn:
     parsed = S3Settings(settings)
 
-    async def run(ctx: ChildContext) -> None:
+    async def run(ctx: ChildContext[Any]) -> None:
         await run_s3(ctx, parsed)
 
     return run

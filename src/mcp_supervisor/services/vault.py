@@ -1,4 +1,4 @@
-"""``worker = "vault"``: HashiCorp Vault / OpenBao over their HTTP API with aiohttp (SERVICES.md §4).
+"""``worker = "vault"``: HashiCorp Vault / OpenBao over their HTTP API with aiohttp.
 
 Why aiohttp and not hvac: hvac is synchronous, so every call would need a thread and a client-side timeout
 shorter than the caller's deadline, and a cancelled caller would leave its thread running. The API we need is
@@ -24,9 +24,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..config.settings import Settings, read_small_file
 from ..core import ChildContext, WorkerFn, describe
-from ..probe import ProbeResult
-from ..settings import Settings, read_small_file
+from ..health.probe import ProbeResult
 from .base import Emitter, Handle, ServiceError, ServiceUnavailable
 from .events import ServiceState
 
@@ -404,7 +404,7 @@ async def _token_keeper(vault: Vault, settings: VaultSettings) -> None:
             backoff = min(backoff * 2, 60.0)
 
 
-async def run_vault(ctx: ChildContext, settings: VaultSettings) -> None:
+async def run_vault(ctx: ChildContext[Vault], settings: VaultSettings) -> None:
     emitter = Emitter(ctx, "vault")
     async with aiohttp.ClientSession() as session:
         vault = Vault(session, settings, emitter)
@@ -425,7 +425,7 @@ async def run_vault(ctx: ChildContext, settings: VaultSettings) -> None:
 def factory(settings: Mapping[str, Any]) -> WorkerFn:
     parsed = VaultSettings(settings)
 
-    async def run(ctx: ChildContext) -> None:
+    async def run(ctx: ChildContext[Any]) -> None:
         await run_vault(ctx, parsed)
 
     return run

@@ -1,4 +1,4 @@
 """The edge that turns the core's and services' events into logs and metrics.
 
-The only importer of structlog and prometheus_client (ARCHITECTURE.md practice 7).
+The only importer of structlog and prometheus_client (docs/architecture.md).
 """

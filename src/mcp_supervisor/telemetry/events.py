@@ -30,7 +30,7 @@ from ..core import (
 )
 
 
-def log_event(log: Any, ev: Event) -> None:
+def log_event(log: Any, ev: Event) -> None:  # noqa: C901, PLR0912 - one log line per event type
     match ev:
         case ProcessOutput(path=path, stream=stream, line=line, pid=pid):
             log.info("output", child=path, stream=stream, pid=pid, line=line)
@@ -55,7 +55,7 @@ def log_event(log: Any, ev: Event) -> None:
         case ChildUnstopped(path=path, timeout_s=t):
             log.error("in-process child still running after its shutdown time", child=path, shutdown_s=t)
         case EscapeeKilled(path=path, pid=pid):
-            log.warning("killed a process that had left its child's process group", child=path, pid=pid)
+            log.warning("killed a descendant that outlived its child", child=path or "(unknown)", pid=pid)
         case SpecWarning(message=message):
             log.warning("config warning", detail=message)
         case _:

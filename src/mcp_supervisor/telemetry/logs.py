@@ -22,8 +22,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-from ..core import current_child
-from ..redact import STRUCTURAL, Redactor
+from ..config.redact import STRUCTURAL, Redactor
+from ..core.context import current_child
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
            "critical": logging.CRITICAL}  # fmt: skip

@@ -11,6 +11,7 @@ Secret-safe by construction: events carry no SQL arguments, no raw cache keys, n
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ..config.settings import DAY, Settings
 from ..core import ChildContext, Event, WorkerFn
 from ..health.monitor import HealthRound, HealthTransition
 from ..services.events import ServiceOperation, ServiceState
-from ..settings import DAY, Settings
 from .logs import get_logger
 from .metrics import METRICS_REGISTRY
 
@@ -57,7 +58,8 @@ class ServiceMetrics:
                                           ["operation", "outcome"], buckets=STORAGE_BUCKETS, registry=r)  # fmt: skip
         self.vault_duration = Histogram("mcp_vault_request_duration_seconds", "Vault request time", ["operation"],
                                         buckets=DB_BUCKETS, registry=r)  # fmt: skip
-        self.vault_ttl = Gauge("mcp_vault_token_ttl_seconds", "Remaining TTL of the Vault token", registry=r)
+        self.vault_ttl = Gauge("mcp_vault_token_ttl_seconds", "Remaining TTL of the Vault token (+Inf: never expires)",
+                               registry=r)  # fmt: skip
         self.pubsub = Counter("mcp_pubsub_messages", "Pub/sub messages", ["direction"], registry=r)
         self.health_status = Gauge("mcp_health_check_status", "1 pass, 0.5 warn, 0 fail", ["check"], registry=r)
         self.health_duration = Histogram("mcp_health_check_duration_seconds", "Health check time", ["check"],
@@ -100,7 +102,7 @@ class Sink:
                 self._operation(ev)
             case ServiceState(path=path, service=service, state=state, detail=detail, value=value):
                 if service == "vault" and state == "token_ttl" and value is not None:
-                    self.m.vault_ttl.set(value)
+                    self.m.vault_ttl.set(value if value > 0 else math.inf)  # Vault says 0 for "never expires"
                 else:
                     self.log.info("service state", child=path, service=service, state=state, detail=detail)
             case HealthRound(outcomes=outcomes):
@@ -148,7 +150,7 @@ class Sink:
                              outcome=ev.outcome, duration_ms=round(ev.duration_s * 1000, 1))  # fmt: skip
 
 
-async def run_sink(ctx: ChildContext, settings: SinkSettings) -> None:
+async def run_sink(ctx: ChildContext[Any], settings: SinkSettings) -> None:
     # the daemon shares its registry; alone (a test, an embedding) the sink brings its own
     registry = ctx.extension(METRICS_REGISTRY) or ctx.provide(METRICS_REGISTRY, CollectorRegistry())
     metrics = ServiceMetrics.for_registry(registry)
@@ -180,7 +182,7 @@ async def run_sink(ctx: ChildContext, settings: SinkSettings) -> None:
 def factory(settings: Mapping[str, Any]) -> WorkerFn:
     parsed = parse_settings(settings)
 
-    async def run(ctx: ChildContext) -> None:
+    async def run(ctx: ChildContext[Any]) -> None:
         await run_sink(ctx, parsed)
 
     return run

@@ -8,8 +8,14 @@ const HOUR = 3600;
 const BUCKETS = 12;
 const BARS = "▁▂▃▄▅▆▇█";
 
+const NOISE = new Set(["ProcessOutput", "ServiceOperation", "ServiceState", "HealthRound"]);  // hidden unless asked
+const SEEN_MAX = 20000;
+
 const state = {
-  status: null,          // the last /status document
+  seen: new Set(),       // ids of the events already applied: a replay after a reconnect applies nothing twice
+  seenOrder: [],
+  showNoise: false,      // the events panel shows service telemetry too
+  reloadBanner: false,   // the message line shows a reload failure (a later good reload clears it)
   fetchedAt: 0,          // when it was fetched (ms): uptimes tick from there
   restarts: new Map(),   // path -> [unix seconds of each restart seen in the event stream]
   selected: null,        // the child whose output is shown
@@ -56,6 +62,62 @@ function sparkline(path) {
   return { text: bars.join(""), total: counts.reduce((a, b) => a + b, 0) };
 }
 
+function bytes(n) {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return `${Math.round(n / 1024)} KiB`;
+}
+
+function resourcesCell(res) {
+  const td = el("td", null, "resources");
+  if (!res) return td;
+  const history = res.rss_history || [];
+  const max = Math.max(1, ...history);
+  const line = history.map((v) => BARS[Math.min(BARS.length - 1, Math.floor((v / max) * (BARS.length - 1)))]).join("");
+  td.append(el("span", line, "spark"), el("span", ` ${bytes(res.rss_bytes)} · ${res.cpu_s.toFixed(1)}s`));
+  td.title = `resident ${bytes(res.rss_bytes)} (peak ${bytes(res.peak_rss_bytes)}), CPU ${res.cpu_s.toFixed(2)}s, ` +
+    `${res.processes} process(es), ${res.threads} thread(s)${res.fds !== null ? ", " + res.fds + " open files" : ""}`;
+  return td;
+}
+
+function renderAlerts(receivers) {
+  if (!receivers || !receivers.length) { $("alerts").replaceChildren(el("li", "none configured")); return; }
+  $("alerts").replaceChildren(...receivers.map((r) => {
+    const said = r.up === null ? "nothing sent yet" : r.up ? "ok" : `failing: ${r.last_error}`;
+    const li = el("li", `${r.name} → ${r.receiver}: ${said} (sent ${r.sent}, failed ${r.failed}, dropped ${r.dropped})`,
+      r.up === false ? "check-fail" : "");
+    li.dataset.name = r.name;
+    return li;
+  }));
+}
+
+// -- why did it end (the selected child's exits) -------------------------------------------------------------
+function clock(at) { return at ? new Date(at * 1000).toLocaleTimeString() : "never"; }
+
+async function refreshWhy() {
+  const path = state.selected;
+  if (!path) return;
+  const resp = await fetch(`/children/${path.split("/").map(encodeURIComponent).join("/")}/exits`, { cache: "no-store" });
+  if (!resp.ok || path !== state.selected) return;
+  const doc = await resp.json();
+  $("why-panel").hidden = false;
+  $("why-path").textContent = path;
+  const lb = doc.loop_blocked;
+  $("diagnosis").textContent = doc.diagnosis + (lb ? ` — it blocked the event loop ${lb.count} time(s), ` +
+    `${lb.total_s.toFixed(1)}s in all; the last in ${lb.frames[lb.frames.length - 1] || "?"}` : "");
+  $("diagnosis").className = doc.crash_loop ? "check-fail" : "";
+  const rows = doc.exits.slice().reverse().map((r) => {
+    const tr = el("tr");
+    tr.append(el("td", clock(r.started_at)), el("td", clock(r.ready_at)), el("td", clock(r.ended_at)),
+      el("td", duration(r.runtime_s) || "0s"), el("td", r.cause, `cause-${r.cause}`),
+      el("td", (r.detail || r.reason) + (r.certainty && r.certainty !== "certain" ? ` (${r.certainty})` : "")),
+      el("td", r.peak_rss_bytes ? bytes(r.peak_rss_bytes) : "-"), el("td", r.cpu_s !== null ? `${r.cpu_s.toFixed(1)}s` : "-"));
+    tr.title = r.last_lines.join("\n");
+    return tr;
+  });
+  document.querySelector("#exits tbody").replaceChildren(...rows);
+}
+
 // -- the tree ----------------------------------------------------------------------------------------------
 function flatten(node, depth, out) {
   for (const child of node.children || []) {
@@ -77,7 +139,15 @@ function renderTree() {
     const name = el("td", `${"  ".repeat(depth)}${depth ? "└ " : ""}${node.id}`, "path");
     name.style.paddingLeft = `${0.5 + depth * 1.1}rem`;
     tr.append(name, el("td", node.kind));
-    tr.append(el("td", `${SYMBOL[node.state] || "?"} ${node.state}`, `state state-${node.state}`));
+    const st = el("td", `${SYMBOL[node.state] || "?"} ${node.state}`, `state state-${node.state}`);
+    if (node.crash_loop) {
+      const loop = node.crash_loop;
+      st.append(el("span", " crash-looping", "looping"));
+      st.classList.add("is-looping");
+      st.title = `${loop.count} ${loop.cause} exits since ${new Date(loop.since * 1000).toLocaleTimeString()}` +
+        (loop.line ? `: ${loop.line}` : "");
+    }
+    tr.append(st);
     tr.append(el("td", node.pid ?? ""));
     const up = el("td", node.state === "running" ? duration(node.uptime_s + elapsed) : "", "uptime");
     if (node.state === "running") up.dataset.up = String(node.uptime_s - state.fetchedAt / 1000);
@@ -88,7 +158,8 @@ function renderTree() {
     sp.title = `${spark.total} restart(s) seen in the last hour`;
     tr.append(sp);
     const last = node.last_exit;
-    tr.append(el("td", last ? `${last.reason}${last.detail ? ": " + last.detail : ""}` : "", "last-exit"));
+    tr.append(el("td", last ? `${last.cause ? last.cause + " — " : ""}${last.detail || last.reason}` : "", "last-exit"));
+    tr.append(resourcesCell(node.resources));
     const next = el("td", node.next_restart_at ? `in ${duration(node.next_restart_at - Date.now() / 1000)}` : "", "next");
     if (node.next_restart_at) next.dataset.at = String(node.next_restart_at);
     tr.append(next);
@@ -119,6 +190,7 @@ async function refreshStatus() {
   state.status = await resp.json();
   state.fetchedAt = Date.now();
   renderTree();
+  renderAlerts(state.status.alerts);
   if (state.status.fleet && !state.fleetTimer) refreshFleet();
 }
 
@@ -184,12 +256,28 @@ function describe(ev) {
     case "IntensityExceeded": return `${time} ${who} gave up: intensity ${ev.intensity} in ${ev.period}s exceeded`;
     case "ReloadResult": return `${time} reload ${ev.ok ? "applied: " + ev.changes.length + " change(s)" : "failed: " + ev.error}`;
     case "HealthTransition": return `${time} health ${ev.check || "overall"}: ${ev.previous} → ${ev.current}`;
-    case "ProcessOutput": case "HealthRound": case "ServiceOperation": return null;
+    case "CrashLoopStarted": return `${time} ${who} is crash-looping: ${ev.count} ${ev.cause} exits${ev.line ? " — " + ev.line : ""}`;
+    case "LoopBlocked": return `${time} ${who} blocked the event loop for ${ev.duration_s}s at ${ev.frames[ev.frames.length - 1] || "?"}`;
+    case "CrashLoopEnded": return `${time} ${who} recovered after ${ev.count} ${ev.cause} exits`;
+    case "ProcessOutput": return null;  // the output panel shows those
+    case "ServiceOperation": return `${time} ${who} ${ev.service} ${ev.operation}: ${ev.outcome}`;
+    case "ServiceState": return `${time} ${who} ${ev.service} ${ev.state}${ev.detail ? ": " + ev.detail : ""}`;
+    case "HealthRound": return `${time} health round`;
     default: return `${time} ${who} ${ev.type}`;
   }
 }
 
+function firstTime(ev) {
+  if (ev.id === undefined) return true;
+  if (state.seen.has(ev.id)) return false;
+  state.seen.add(ev.id);
+  state.seenOrder.push(ev.id);
+  if (state.seenOrder.length > SEEN_MAX) state.seen.delete(state.seenOrder.shift());
+  return true;
+}
+
 function onEvent(ev) {
+  if (!firstTime(ev)) return;
   if (ev.type === "ChildStarted" && ev.restarts > 0) {
     const list = state.restarts.get(ev.path) || [];
     list.push(ev.at);
@@ -199,12 +287,22 @@ function onEvent(ev) {
   const text = describe(ev);
   if (text !== null) {
     const list = $("events");
-    list.prepend(el("li", text, ev.type));
+    const li = el("li", text, ev.type);
+    li.dataset.id = ev.id || "";
+    if (NOISE.has(ev.type)) li.classList.add("noise");
+    list.prepend(li);
     while (list.children.length > 300) list.lastChild.remove();
   }
-  if (ev.type === "ReloadResult" && !ev.ok) message(`reload failed: ${ev.error}`, true);
+  if (ev.type === "ReloadResult") {  // the banner shows the latest reload's result, not an old failure
+    if (!ev.ok) message(`reload failed, the running configuration is kept: ${ev.error}`, true);
+    else if (state.reloadBanner) message(`reloaded: ${ev.changes.length} change(s)`, false);
+    state.reloadBanner = !ev.ok;
+  }
   if (["ChildStarted", "ChildExited", "RestartScheduled", "StartFailed", "SupervisorStopped", "ReloadResult",
-       "IntensityExceeded"].includes(ev.type)) scheduleRefresh(false);
+       "IntensityExceeded", "CrashLoopStarted", "CrashLoopEnded"].includes(ev.type)) scheduleRefresh(false);
+  if (ev.path === state.selected && ["ChildExited", "StartFailed", "CrashLoopStarted", "CrashLoopEnded"].includes(ev.type)) {
+    refreshWhy().catch(() => {});
+  }
   if (ev.type === "HealthTransition" || ev.type === "HealthRound") scheduleRefresh(true);
 }
 
@@ -218,12 +316,13 @@ function connectEvents() {
   source.onmessage = (m) => onEvent(JSON.parse(m.data));
   for (const type of ["ChildStarted", "ChildExited", "RestartScheduled", "StartFailed", "IntensityExceeded",
                       "SupervisorStopped", "ShutdownTimeout", "ChildUnstopped", "EscapeeKilled", "SpecWarning",
-                      "HealthTransition", "HealthRound", "ReloadResult", "ProcessOutput", "ServiceState"]) {
+                      "HealthTransition", "HealthRound", "ReloadResult", "ProcessOutput", "ServiceState",
+                      "ServiceOperation", "CrashLoopStarted", "CrashLoopEnded", "SingletonStarted", "LoopBlocked"]) {
     source.addEventListener(type, (m) => onEvent(JSON.parse(m.data)));
   }
   source.addEventListener("gap", (m) => {
-    const { missed } = JSON.parse(m.data);
-    $("events").prepend(el("li", `… ${missed} event(s) missed`, "gap"));
+    const { missed, restarted } = JSON.parse(m.data);
+    $("events").prepend(el("li", restarted ? "… the daemon restarted" : `… ${missed} event(s) missed`, "gap"));
     scheduleRefresh(true);
   });
 }
@@ -246,6 +345,7 @@ function select(path) {
   });
   source.addEventListener("gap", (m) => pre.append(el("span", `… ${JSON.parse(m.data).missed} line(s) missed\n`, "gap")));
   renderTree();
+  refreshWhy().catch(() => {});
 }
 
 // -- controls ----------------------------------------------------------------------------------------------
@@ -260,6 +360,7 @@ async function post(url) {
 }
 
 async function act(action, path) {
+  if (action === "stop" && !window.confirm(`Stop ${path}? It stays stopped until started again.`)) return;
   try {
     await post(`/children/${path.split("/").map(encodeURIComponent).join("/")}/${action}`);
     message(`${action} ${path}: done`, false);
@@ -300,6 +401,10 @@ function init() {
   });
   $("forget-token").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); updateControls(); });
   $("reload").addEventListener("click", reload);
+  $("show-noise").addEventListener("change", (e) => {
+    state.showNoise = e.target.checked;
+    $("events").classList.toggle("show-noise", state.showNoise);
+  });
   document.querySelector("#tree tbody").addEventListener("click", (e) => {
     const button = e.target.closest("button");
     if (button) { act(button.dataset.action, button.dataset.path); return; }
