@@ -35,7 +35,7 @@ STDLIB_ONLY = {
     "mcp_supervisor.config.settings", "mcp_supervisor.config.redact", "mcp_supervisor.health.probe",
     "mcp_supervisor.daemon.systemd", "mcp_supervisor.daemon.discovery", "mcp_supervisor.admin.journal",
     "mcp_supervisor.daemon.leasing", "mcp_supervisor.testing", "mcp_supervisor.testing.servers",
-    "mcp_supervisor.testing.daemon",
+    "mcp_supervisor.testing.daemon", "mcp_supervisor.testing.faults",
 }  # fmt: skip
 """Leaves outside the core that depend on the standard library only (and the core)."""
 THIRD_PARTY_ONLY_IN = {
