@@ -43,9 +43,9 @@ from ..core import (
 from ..telemetry.metrics import FleetSample
 from .leasing import Move, decide
 
-_PENDING = "wanted IS NOT NULL AND wanted_at > now() - make_interval(secs => $1)"
-"""A lease row's move is pending: asked for, not used up or cancelled, younger than move_bound() ($1); ``{pending}``
-in a statement."""
+_PENDING = "wanted IS NOT NULL AND wanted_at > now() - make_interval(secs => {bound!r})"
+"""A lease row's move is pending: asked for, not used up or cancelled, younger than move_bound() (a number from the
+config, written into the text); ``{pending}`` in a statement."""
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -157,6 +157,7 @@ class ClusterAgent:
         self._started_at = time.time()
         self._incarnation = secrets.token_hex(8)  # this daemon's run: two daemons with one name are told apart
         self._s = cfg.schema
+        self._pending = _PENDING.format(bound=float(move_bound(cfg.lease)))
         self.view = ClusterView(node=cfg.node)
         self.renew_failures = 0
         self.statements = 0
@@ -250,38 +251,40 @@ class ClusterAgent:
     async def _q(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self._db:
             self.statements += 1
-            return list(await conn.fetch(sql.format(s=self._s, pending=_PENDING), *args, timeout=self._timeout))
+            return list(await conn.fetch(sql.format(s=self._s, pending=self._pending), *args, timeout=self._timeout))
 
     async def _round(self) -> None:
+        """One heartbeat in 2 + (one per singleton held or tried) round trips, so that a slow link (seconds of
+        latency) still renews in time: the node row with the live nodes and the pending moves, the leases, the
+        view."""
         conn = await self._connect()
         node, lease = self.cfg.node, self.cfg.lease
-        mine = await self._q(
+        # the subqueries see the tables as they were before this statement's own insert: this node is added below
+        rows = await self._q(
             conn,
-            "INSERT INTO {s}.nodes (node, started_at, heartbeat_at, version, admin, status, incarnation)"
+            "WITH me AS (INSERT INTO {s}.nodes (node, started_at, heartbeat_at, version, admin, status, incarnation)"
             " VALUES ($1, to_timestamp($2), now(), $3, $4, $5::jsonb, $6)"
             " ON CONFLICT (node) DO UPDATE SET started_at = EXCLUDED.started_at, heartbeat_at = now(),"
             " version = EXCLUDED.version, admin = EXCLUDED.admin, status = EXCLUDED.status,"
             " incarnation = EXCLUDED.incarnation"
             " WHERE {s}.nodes.incarnation = EXCLUDED.incarnation"
-            " OR {s}.nodes.heartbeat_at <= now() - make_interval(secs => $7) RETURNING node",
+            " OR {s}.nodes.heartbeat_at <= now() - make_interval(secs => $7) RETURNING node)"
+            " SELECT EXISTS (SELECT 1 FROM me) AS mine,"
+            " ARRAY(SELECT node FROM {s}.nodes WHERE heartbeat_at > now() - make_interval(secs => $7)) AS live,"
+            " (SELECT coalesce(jsonb_object_agg(path, wanted), '{{}}') FROM {s}.leases WHERE {pending})::text"
+            " AS wanted",
             node, self._started_at, __version__, self.admin, json.dumps(self._summary()), self._incarnation, lease,
         )  # fmt: skip
-        if not mine:  # the name is another live daemon's: hold nothing until its row expires
+        if not rows[0]["mine"]:  # the name is another live daemon's: hold nothing until its row expires
             await self._name_taken(conn)
             return
         if self.view.conflict is not None:
             self.log.info("cluster: the node name is ours again", node=node)
             self.view.conflict = None
-        live = {
-            r["node"]
-            for r in await self._q(
-                conn, "SELECT node FROM {s}.nodes WHERE heartbeat_at > now() - make_interval(secs => $1)", lease
-            )
-        }
+        live = {*rows[0]["live"], node}
         # a move is a one-shot wish: used up when its node holds the singleton, cancelled when that node cannot start
         # it, void after move_bound() seconds (a node that never takes it cannot keep it away from the others)
-        pending = "SELECT path, wanted FROM {s}.leases WHERE {pending}"
-        wanted = {r["path"]: r["wanted"] for r in await self._q(conn, pending, move_bound(lease))}
+        wanted: dict[str, str] = json.loads(rows[0]["wanted"])
         for path, single in self.singletons.items():
             held = self._held.get(path)
             decision = decide(node, held is not None, wanted.get(path), live, single.prefer)
@@ -349,25 +352,24 @@ class ClusterAgent:
             self._spawn(self._start(path, single, held))
 
     async def _read_view(self, conn: asyncpg.Connection) -> None:
-        nodes = await self._q(
+        """The nodes and the leases, in one round trip."""
+        rows = await self._q(
             conn,
-            "SELECT node, extract(epoch FROM started_at) AS started_at, extract(epoch FROM heartbeat_at) AS"
-            " heartbeat_at, version, admin, status::text AS status,"
-            " heartbeat_at > now() - make_interval(secs => $1) AS live FROM {s}.nodes ORDER BY node",
+            "SELECT (SELECT coalesce(jsonb_agg(n ORDER BY n.node), '[]') FROM (SELECT node,"
+            " extract(epoch FROM started_at)::float8 AS started_at, extract(epoch FROM heartbeat_at)::float8 AS"
+            " heartbeat_at, version, admin, status, heartbeat_at > now() - make_interval(secs => $1) AS live"
+            " FROM {s}.nodes) n)::text AS nodes,"
+            " (SELECT coalesce(jsonb_agg(l ORDER BY l.path), '[]') FROM (SELECT path, holder, token,"
+            " extract(epoch FROM expires_at)::float8 AS expires_at, extract(epoch FROM since)::float8 AS since,"
+            " expires_at > now() AS valid, CASE WHEN {pending} THEN wanted END AS wanted,"
+            " CASE WHEN {pending} THEN extract(epoch FROM now() - wanted_at)::float8 END AS wanted_age"
+            " FROM {s}.leases) l)::text AS leases",
             self.cfg.lease,
         )  # fmt: skip
-        leases = await self._q(
-            conn,
-            "SELECT path, holder, token, extract(epoch FROM expires_at) AS expires_at, extract(epoch FROM since)"
-            " AS since, expires_at > now() AS valid, CASE WHEN {pending} THEN wanted END AS wanted,"
-            " CASE WHEN {pending} THEN extract(epoch FROM now() - wanted_at) END AS wanted_age"
-            " FROM {s}.leases ORDER BY path",
-            move_bound(self.cfg.lease),
-        )  # fmt: skip
+        nodes, leases = json.loads(rows[0]["nodes"]), json.loads(rows[0]["leases"])
         self.view.nodes = [
             NodeRow(node=r["node"], version=r["version"], admin=r["admin"], live=r["live"],
-                    started_at=float(r["started_at"]), heartbeat_at=float(r["heartbeat_at"]),
-                    status=json.loads(r["status"]))
+                    started_at=float(r["started_at"]), heartbeat_at=float(r["heartbeat_at"]), status=r["status"])
             for r in nodes
         ]  # fmt: skip
         self.view.singletons = [
