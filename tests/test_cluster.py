@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
+import json
 import os
 import random
 import signal
@@ -25,11 +27,13 @@ import pytest
 
 from mcp_supervisor.testing import alive, wait_until
 from mcp_supervisor.testing.daemon import Daemon
+from mcp_supervisor.testing.faults import FaultProxy
 from mcp_supervisor.testing.servers import PgServer
 
 pytestmark = [pytest.mark.realtime, pytest.mark.servers, pytest.mark.timeout(180)]
 
 WRITER = str(Path(__file__).resolve().parents[1] / "examples" / "fenced_writer.py")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 LEASE, HEARTBEAT = 3.0, 0.5
 NAMES = ("a", "b", "c")
 
@@ -46,13 +50,25 @@ def dsn(pg: PgServer) -> str:
     return f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
 
 
-def toml(pg: PgServer, node: str, schema: str, prefer: str = "") -> str:
+def toml(
+    pg: PgServer,
+    node: str,
+    schema: str,
+    prefer: str = "",
+    *,
+    via: int | None = None,
+    lease: float = LEASE,
+    heartbeat: float = HEARTBEAT,
+) -> str:
+    """A node's config; ``via``: the port of a fault proxy its fleet traffic goes through (the singleton writes
+    directly, so a cut node's late writes would show in the fenced log)."""
+    cluster_dsn = dsn(pg) if via is None else f"postgresql://postgres@127.0.0.1:{via}/postgres"
     return f"""
 [cluster]
-dsn = "{dsn(pg)}"
+dsn = "{cluster_dsn}"
 node = "{node}"
-lease = {LEASE}
-heartbeat = {HEARTBEAT}
+lease = {lease}
+heartbeat = {heartbeat}
 schema = "{schema}"
 
 [tree]
@@ -242,12 +258,12 @@ def test_the_holder_s_database_connection_killed_by_the_server_changes_nothing(
     # the agent sees its connection closed and opens another at its next heartbeat, renewing in time
     count = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1"
     wait_until(lambda: query(pg, count, application)[0]["n"] == 1, timeout=30, what="a reconnection")
-    token = next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer")
+    token = lease_row(first)["token"]
     renewed = time.monotonic()
     wait_until(lambda: time.monotonic() - renewed > LEASE and running(first) == pid, timeout=LEASE + 10,
                what="a whole lease later, still the same process")  # fmt: skip
     assert holders(fleet) == [first]
-    assert next(s["token"] for s in first.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer") == token
+    assert lease_row(first)["token"] == token
 
 
 @pytest.mark.parametrize("fleet", ['prefer = ["c"]\n'], indirect=True)
@@ -491,7 +507,12 @@ def test_the_backstop_kills_a_singleton_whose_stop_is_stuck_behind_its_superviso
 
 
 def lease_row(d: Daemon) -> dict[str, Any]:
-    return next(s for s in d.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer")
+    """The writer's lease as ``d`` last read it (it shows from the heartbeat after the lease was first taken)."""
+    row: dict[str, Any] = wait_until(
+        lambda: next((s for s in d.request("GET", "/cluster")[1]["singletons"] if s["path"] == "writer"), None),
+        what="the writer's lease in the node's view",
+    )
+    return row
 
 
 def test_a_move_is_used_up_once_its_node_holds_the_singleton(fleet: list[Daemon], pg: PgServer) -> None:
@@ -560,3 +581,185 @@ def test_a_move_to_a_node_that_never_takes_it_is_void_after_its_bound(pg: PgServ
     finally:
         a.stop()
         y.stop()
+
+
+# -- network faults: each node's fleet traffic through its own fault proxy -----------------------------------------
+@pytest.fixture
+def cut_fleet(pg: PgServer, tmp_path: Path) -> Iterator[tuple[list[Daemon], list[FaultProxy]]]:
+    with faulty_fleet(pg, tmp_path) as both:
+        yield both
+
+
+@contextlib.contextmanager
+def faulty_fleet(
+    pg: PgServer, tmp_path: Path, lease: float = LEASE, heartbeat: float = HEARTBEAT
+) -> Iterator[tuple[list[Daemon], list[FaultProxy]]]:
+    schema = f"net_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    query(pg, "DROP TABLE IF EXISTS fenced, fenced_log")
+    proxies = [FaultProxy(pg.port) for _ in NAMES]
+    nodes: list[Daemon] = []
+    try:
+        for name, proxy in zip(NAMES, proxies, strict=True):
+            (tmp_path / name).mkdir()
+            nodes.append(Daemon(tmp_path / name, toml(pg, name, schema, via=proxy.port, lease=lease,
+                                                      heartbeat=heartbeat)))  # fmt: skip
+        for d in nodes:
+            d.wait_ready()
+        yield nodes, proxies
+    finally:
+        for p in proxies:
+            p.heal()
+        for d in nodes:
+            d.stop()
+        for p in proxies:
+            p.close()
+
+
+def lease_expiry(pg: PgServer, d: Daemon) -> float:
+    """When the writer's lease expires, by the database (epoch seconds): as its holder last renewed it."""
+    schema = d.config.read_text().split('schema = "')[1].split('"')[0]
+    rows = query(pg, f"SELECT extract(epoch FROM expires_at)::float8 AS e FROM {schema}.leases WHERE path = 'writer'")
+    return float(rows[0]["e"])
+
+
+def handover(pg: PgServer, old_token: int) -> tuple[float, float]:
+    """(the old token's last write attempt, the next token's first), epoch seconds, from the fenced log."""
+    rows = fenced_log(pg)
+    last_old = max(r["at"] for r in rows if r["token"] == old_token)
+    first_new = min(r["at"] for r in rows if r["token"] > old_token)
+    return last_old, first_new
+
+
+def record(scenario: str, **figures: Any) -> None:
+    line = {"scenario": scenario, **{k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}}
+    print(f"fleet fault: {line}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "fleet-faults.json").open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def token_of(d: Daemon) -> int:
+    return int(lease_row(d)["token"])
+
+
+def test_a_holder_cut_off_from_the_database_stops_its_singleton_before_another_takes_over(
+    cut_fleet: tuple[list[Daemon], list[FaultProxy]], pg: PgServer
+) -> None:
+    """A blackhole (no RST, statements hang) between the holder and the database, the holder alive and busy: it
+    stops its singleton by its own deadline, before the lease can expire; another node takes over afterwards; the
+    two never overlap — not even in write attempts."""
+    nodes, proxies = cut_fleet
+    holder = the_holder(nodes)
+    pid, token = running(holder), wait_until(lambda: token_of(holder), what="the lease's token")
+    wait_until(lambda: any(r["token"] == token for r in fenced_log(pg)), what="the holder's writes")
+    cut = time.time()
+    proxies[nodes.index(holder)].blackhole()
+    expiry = lease_expiry(pg, holder)  # the last renewal that reached the database
+    wait_until(lambda: running(holder) is None, timeout=LEASE + 5, what="the cut holder to stop its singleton")
+    stopped = time.time()
+    others = [d for d in nodes if d is not holder]
+    new = wait_until(lambda: (h := holders(others)) and h[0], timeout=LEASE * 4, what="another node taking over")
+    wait_until(lambda: any(r["token"] > token for r in fenced_log(pg)), what="the new holder's writes")
+    last_old, first_new = handover(pg, token)
+    assert last_old < expiry <= first_new, (last_old, expiry, first_new)  # stopped before the lease could expire
+    assert pid is not None and not alive(pid)
+    assert len(holders(nodes)) == 1
+    view = wait_until(lambda: (v := holder.request("GET", "/cluster")[1])["connected"] is False and v,
+                      timeout=LEASE * 2, what="the cut node to say the database does not answer")  # fmt: skip
+    assert view["error"]
+    proxies[nodes.index(holder)].heal()
+    wait_until(lambda: holder.request("GET", "/cluster")[1]["connected"], timeout=LEASE * 4, what="the node back")
+    assert holders(nodes) == [new]
+    accepted_tokens_never_go_back(pg)
+    record("holder cut off (blackhole)", cut_to_local_stop_s=stopped - cut, last_write_before_expiry_s=expiry - last_old,
+           outage_s=first_new - last_old, cut_to_takeover_s=first_new - cut, lease_s=LEASE, overlaps=0)  # fmt: skip
+
+
+def test_a_half_open_connection_that_never_answers_is_replaced_without_two_holders(
+    cut_fleet: tuple[list[Daemon], list[FaultProxy]], pg: PgServer
+) -> None:
+    """The holder's open connection goes silent (new ones work): its statement times out, the node reconnects; the
+    singleton may be lost for a lease, never run twice, and runs again within the failover bound."""
+    nodes, proxies = cut_fleet
+    holder = the_holder(nodes)
+    token = wait_until(lambda: token_of(holder), what="the lease's token")
+    wait_until(lambda: any(r["token"] == token for r in fenced_log(pg)), what="the holder's writes")
+    proxy = proxies[nodes.index(holder)]
+    before = proxy.connections
+    began = time.time()
+    proxy.half_open()
+    wait_until(lambda: proxy.connections > before, timeout=LEASE * 3, what="the holder to open a new connection")
+    reconnected = time.time() - began
+
+    def settled() -> bool:  # exactly one holder, writing, on every look at least a lease after the fault
+        h = holders(nodes)
+        assert len(h) <= 1
+        return time.time() > began + 2 * LEASE and len(h) == 1
+
+    wait_until(settled, timeout=LEASE * 6, what="one holder again")
+    rows = accepted_tokens_never_go_back(pg)
+    after = [r["at"] for r in rows if r["at"] > began and r["accepted"]]
+    gaps = [b - a for a, b in itertools.pairwise([began, *after])]
+    outage = max(gaps, default=0.0)
+    assert outage < LEASE + 2 * HEARTBEAT + 5.0, outage
+    kept = wait_until(lambda: token_of(holder), what="the token") == token
+    record("half-open connection", silent_to_new_connection_s=reconnected, outage_s=outage,
+           holder_kept_its_lease=kept, lease_s=LEASE, overlaps=0)  # fmt: skip
+
+
+def test_the_database_reachable_from_one_node_only_moves_the_singleton_there(
+    cut_fleet: tuple[list[Daemon], list[FaultProxy]], pg: PgServer
+) -> None:
+    nodes, proxies = cut_fleet
+    holder = the_holder(nodes)
+    token = wait_until(lambda: token_of(holder), what="the lease's token")
+    wait_until(lambda: any(r["token"] == token for r in fenced_log(pg)), what="the holder's writes")
+    reachable = next(d for d in nodes if d is not holder)
+    cut = time.time()
+    for d, p in zip(nodes, proxies, strict=True):
+        if d is not reachable:
+            p.blackhole()
+    deadline = time.monotonic() + LEASE * 6
+    while running(reachable) is None:  # on every look: never two
+        assert len(holders(nodes)) <= 1, "two nodes ran the singleton"
+        assert time.monotonic() < deadline, "the reachable node did not take the singleton"
+    assert holders(nodes) == [reachable]
+    wait_until(lambda: any(r["token"] > token for r in fenced_log(pg)), what="the new holder's writes")
+    last_old, first_new = handover(pg, token)
+    assert last_old < first_new
+    accepted_tokens_never_go_back(pg)
+    record("database reachable from one node", cut_to_takeover_s=first_new - cut, outage_s=first_new - last_old,
+           lease_s=LEASE, overlaps=0)  # fmt: skip
+
+
+SLOW_LEASE = 20.0
+
+
+@pytest.mark.timeout(240)
+def test_a_link_with_two_seconds_of_latency_renews_late_but_in_time(pg: PgServer, tmp_path: Path) -> None:
+    """2 s on every chunk in each direction (a round trip costs 4 s) on every node's link: renewals arrive late but
+    within the lease — the same holder, the same token and the same process throughout, no flapping, no overlap."""
+    with faulty_fleet(pg, tmp_path, lease=SLOW_LEASE, heartbeat=1.0) as (nodes, proxies):
+        holder = the_holder(nodes)
+        pid, token = running(holder), wait_until(lambda: token_of(holder), what="the lease's token")
+        for p in proxies:
+            p.delay(2.0)
+        began = time.monotonic()
+        expiries: list[float] = []
+
+        def watched() -> bool:  # on every look: the same process, and nobody else
+            assert holders(nodes) == [holder] and running(holder) == pid, f"moved or restarted: {expiries}, {began}"
+            e = lease_expiry(pg, holder)
+            if not expiries or e != expiries[-1]:
+                expiries.append(e)
+            return time.monotonic() - began > 2 * SLOW_LEASE and len(expiries) >= 4
+
+        wait_until(watched, timeout=SLOW_LEASE * 4, what="two leases of renewals over the slow link")
+        for p in proxies:
+            p.heal()
+        assert token_of(holder) == token
+        renewal_gaps = [b - a for a, b in itertools.pairwise(expiries)]
+        assert max(renewal_gaps) < SLOW_LEASE - 1.0, renewal_gaps
+    accepted_tokens_never_go_back(pg)
+    record("2 s latency each way", renewals=len(expiries) - 1, longest_between_renewals_s=max(renewal_gaps),
+           lease_s=SLOW_LEASE, holder_changes=0, overlaps=0)  # fmt: skip

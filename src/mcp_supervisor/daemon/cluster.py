@@ -47,6 +47,18 @@ _PENDING = "wanted IS NOT NULL AND wanted_at > now() - make_interval(secs => {bo
 """A lease row's move is pending: asked for, not used up or cancelled, younger than move_bound() (a number from the
 config, written into the text); ``{pending}`` in a statement."""
 
+_VIEW = (
+    "(SELECT coalesce(jsonb_agg(n ORDER BY n.node), '[]') FROM (SELECT node,"
+    " extract(epoch FROM started_at)::float8 AS started_at, extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,"
+    " version, admin, status, {live} AS live FROM {s}.nodes) n)::text AS view_nodes,"
+    " (SELECT coalesce(jsonb_agg(l ORDER BY l.path), '[]') FROM (SELECT path, holder, token,"
+    " extract(epoch FROM expires_at)::float8 AS expires_at, extract(epoch FROM since)::float8 AS since,"
+    " expires_at > now() AS valid, CASE WHEN {pending} THEN wanted END AS wanted,"
+    " CASE WHEN {pending} THEN extract(epoch FROM now() - wanted_at)::float8 END AS wanted_age"
+    " FROM {s}.leases) l)::text AS view_leases"
+)
+"""The nodes and the leases as ``/cluster`` shows them, two JSON columns of a statement; ``{view}`` in a statement."""
+
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.nodes (
@@ -158,6 +170,8 @@ class ClusterAgent:
         self._incarnation = secrets.token_hex(8)  # this daemon's run: two daemons with one name are told apart
         self._s = cfg.schema
         self._pending = _PENDING.format(bound=float(move_bound(cfg.lease)))
+        self._texts: dict[str, str] = {}  # statement templates, formatted
+        self._live = f"heartbeat_at > now() - make_interval(secs => {float(cfg.lease)!r})"  # a live node's row
         self.view = ClusterView(node=cfg.node)
         self.renew_failures = 0
         self.statements = 0
@@ -179,7 +193,8 @@ class ClusterAgent:
                     if self.view.error is None:
                         self.log.warning("cluster: the database does not answer", error=describe(e))
                     self.view.connected, self.view.error = False, describe(e)
-                    await self._disconnect()
+                    # a statement that timed out is on a link that does not answer: closing politely would wait too
+                    await self._disconnect(politely=not isinstance(e, TimeoutError))
                 await asyncio.sleep(max(0.0, self.cfg.heartbeat - (loop.time() - began)))
         finally:
             await self.stop_all("the node is stopping")
@@ -240,25 +255,30 @@ class ClusterAgent:
             self._conn = conn
         return self._conn
 
-    async def _disconnect(self) -> None:
+    async def _disconnect(self, politely: bool = True) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=1)
+            if politely:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=1)
             if not conn.is_closed():
                 conn.terminate()
 
     async def _q(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self._db:
             self.statements += 1
-            return list(await conn.fetch(sql.format(s=self._s, pending=self._pending), *args, timeout=self._timeout))
+            text = self._texts.get(sql)
+            if text is None:
+                text = sql.replace("{view}", _VIEW).format(s=self._s, pending=self._pending, live=self._live)
+                self._texts[sql] = text
+            return list(await conn.fetch(text, *args, timeout=self._timeout))
 
     async def _round(self) -> None:
-        """One heartbeat in 2 + (one per singleton held or tried) round trips, so that a slow link (seconds of
-        latency) still renews in time: the node row with the live nodes and the pending moves, the leases, the
-        view."""
+        """One heartbeat in 1 + (one per singleton held or tried) round trips, so that a slow link (seconds of
+        latency) still renews in time: the node row, with the live nodes, the pending moves and the view as they were
+        when it began; then the leases."""
         conn = await self._connect()
-        node, lease = self.cfg.node, self.cfg.lease
+        node = self.cfg.node
         # the subqueries see the tables as they were before this statement's own insert: this node is added below
         rows = await self._q(
             conn,
@@ -268,12 +288,11 @@ class ClusterAgent:
             " version = EXCLUDED.version, admin = EXCLUDED.admin, status = EXCLUDED.status,"
             " incarnation = EXCLUDED.incarnation"
             " WHERE {s}.nodes.incarnation = EXCLUDED.incarnation"
-            " OR {s}.nodes.heartbeat_at <= now() - make_interval(secs => $7) RETURNING node)"
-            " SELECT EXISTS (SELECT 1 FROM me) AS mine,"
-            " ARRAY(SELECT node FROM {s}.nodes WHERE heartbeat_at > now() - make_interval(secs => $7)) AS live,"
+            " OR NOT ({s}.nodes.{live}) RETURNING node)"
+            " SELECT EXISTS (SELECT 1 FROM me) AS mine, ARRAY(SELECT node FROM {s}.nodes WHERE {live}) AS live,"
             " (SELECT coalesce(jsonb_object_agg(path, wanted), '{{}}') FROM {s}.leases WHERE {pending})::text"
-            " AS wanted",
-            node, self._started_at, __version__, self.admin, json.dumps(self._summary()), self._incarnation, lease,
+            " AS wanted, {view}",
+            node, self._started_at, __version__, self.admin, json.dumps(self._summary()), self._incarnation,
         )  # fmt: skip
         if not rows[0]["mine"]:  # the name is another live daemon's: hold nothing until its row expires
             await self._name_taken(conn)
@@ -299,7 +318,7 @@ class ClusterAgent:
                     pass
                 case _:
                     assert_never(decision.move)
-        await self._read_view(conn)
+        self._apply_view(rows[0])
 
     async def _name_taken(self, conn: asyncpg.Connection) -> None:
         rows = await self._q(conn, "SELECT admin, extract(epoch FROM started_at) AS started_at FROM {s}.nodes"
@@ -352,21 +371,11 @@ class ClusterAgent:
             self._spawn(self._start(path, single, held))
 
     async def _read_view(self, conn: asyncpg.Connection) -> None:
-        """The nodes and the leases, in one round trip."""
-        rows = await self._q(
-            conn,
-            "SELECT (SELECT coalesce(jsonb_agg(n ORDER BY n.node), '[]') FROM (SELECT node,"
-            " extract(epoch FROM started_at)::float8 AS started_at, extract(epoch FROM heartbeat_at)::float8 AS"
-            " heartbeat_at, version, admin, status, heartbeat_at > now() - make_interval(secs => $1) AS live"
-            " FROM {s}.nodes) n)::text AS nodes,"
-            " (SELECT coalesce(jsonb_agg(l ORDER BY l.path), '[]') FROM (SELECT path, holder, token,"
-            " extract(epoch FROM expires_at)::float8 AS expires_at, extract(epoch FROM since)::float8 AS since,"
-            " expires_at > now() AS valid, CASE WHEN {pending} THEN wanted END AS wanted,"
-            " CASE WHEN {pending} THEN extract(epoch FROM now() - wanted_at)::float8 END AS wanted_age"
-            " FROM {s}.leases) l)::text AS leases",
-            self.cfg.lease,
-        )  # fmt: skip
-        nodes, leases = json.loads(rows[0]["nodes"]), json.loads(rows[0]["leases"])
+        self._apply_view((await self._q(conn, "SELECT {view}"))[0])
+
+    def _apply_view(self, row: asyncpg.Record) -> None:
+        """The view columns of a statement (see ``_VIEW``) as ``/cluster`` shows them."""
+        nodes, leases = json.loads(row["view_nodes"]), json.loads(row["view_leases"])
         self.view.nodes = [
             NodeRow(node=r["node"], version=r["version"], admin=r["admin"], live=r["live"],
                     started_at=float(r["started_at"]), heartbeat_at=float(r["heartbeat_at"]), status=r["status"])

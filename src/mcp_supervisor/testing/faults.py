@@ -46,8 +46,10 @@ class _Link:
         for w in (self.client, self.upstream):
             if w is not None:
                 _rst(w)
+        me = asyncio.current_task()
         for t in self.tasks:
-            t.cancel()
+            if t is not me:
+                t.cancel()
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:
@@ -129,6 +131,14 @@ class FaultProxy:
         for link in list(self._links):
             link.abort()
         self._links.clear()
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        if rest:  # every link aborted: their tasks end by themselves, at once
+            _, pending = await asyncio.wait(rest, timeout=5)
+            for t in pending:
+                t.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _set(self, mode: str, *, silence: bool = False, abort: bool = False, abort_silent: bool = False) -> None:
         self.mode = mode
@@ -165,8 +175,7 @@ class FaultProxy:
             pass
         finally:
             self._links.discard(link)
-            if not link.silent:
-                link.abort()
+            link.abort()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
         """Copy one direction, each chunk delayed by the latency when it arrived, at most ``rate`` bytes/s."""
