@@ -291,19 +291,23 @@ CHAOS_SECONDS = float(os.environ.get("MCP_CHAOS_SECONDS", "40"))  # e.g. 180 for
 
 
 @pytest.mark.timeout(CHAOS_SECONDS * 2 + 240)
-def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_write(pg: PgServer, tmp_path: Path) -> None:
-    """Random kill -9, SIGSTOP past the lease and PostgreSQL restarts for a bounded time; afterwards the writes prove
-    that no two holders ever wrote with valid tokens at once, and that each outage of the singleton was bounded."""
-    seed = int.from_bytes(os.urandom(4), "big")
+def test_chaos_of_kills_pauses_network_faults_and_database_restarts_never_lets_two_holders_write(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    """Random kill -9, SIGSTOP past the lease, network faults on one node's link (cut, slow, reset) and PostgreSQL
+    restarts for a bounded time; afterwards the writes prove that no two holders ever wrote with valid tokens at
+    once, and that each outage of the singleton was bounded."""
+    seed = int(os.environ.get("MCP_CHAOS_SEED") or int.from_bytes(os.urandom(4), "big"))  # a failure says its seed
     rng = random.Random(seed)
     schema = f"chaos_{os.getpid()}_{seed % 10**6}"
     query(pg, "DROP TABLE IF EXISTS fenced, fenced_log")
     nodes: dict[str, Daemon] = {}
+    links = {name: FaultProxy(pg.port) for name in NAMES}  # each node's fleet traffic
 
     def launch(name: str) -> None:
         where = tmp_path / f"{name}-{time.monotonic_ns()}"
         where.mkdir()
-        nodes[name] = Daemon(where, toml(pg, name, schema))
+        nodes[name] = Daemon(where, toml(pg, name, schema, via=links[name].port))
         nodes[name].wait_ready()
 
     for name in NAMES:
@@ -314,12 +318,23 @@ def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_writ
         the_holder(list(nodes.values()))
         end = time.monotonic() + CHAOS_SECONDS
         while time.monotonic() < end:
-            action, name = rng.choice(["kill", "pause", "database"]), rng.choice(NAMES)
+            action = rng.choice(["kill", "pause", "database", "cut", "slow", "reset"])
+            name = rng.choice(NAMES)
             actions.append(f"{action} {name}")
             if action == "kill":
                 nodes[name].proc.kill()
                 nodes[name].stop()
                 launch(name)
+            elif action in ("cut", "slow", "reset"):
+                link = links[name]
+                if action == "cut":
+                    link.blackhole()
+                elif action == "slow":
+                    link.delay(rng.uniform(0.2, 1.0))
+                else:
+                    link.reset()
+                time.sleep(LEASE * rng.uniform(0.3, 2.0))  # how long the link stays broken: the fault itself
+                link.heal()
             elif action == "pause":
                 os.kill(nodes[name].proc.pid, signal.SIGSTOP)
                 time.sleep(LEASE * rng.uniform(0.5, 2.0))  # the pause itself is the fault being injected
@@ -336,10 +351,14 @@ def test_chaos_of_kills_pauses_and_database_restarts_never_lets_two_holders_writ
         wait_until(lambda: len(fenced_log(pg)) > settled + 5, what="the settled holder's writes")
         rows = fenced_log(pg)
     finally:
+        for link in links.values():
+            link.heal()
         for d in nodes.values():
             if d.proc.poll() is None:
                 os.kill(d.proc.pid, signal.SIGCONT)
             d.stop()
+        for link in links.values():
+            link.close()
     context = f"seed {seed}, actions {actions}"
     accepted = [(r["token"], r["at"]) for r in rows if r["accepted"]]
     assert accepted, context
