@@ -287,6 +287,92 @@ def test_a_preferred_node_gets_the_singleton_back_when_it_returns(fleet: list[Da
     accepted_tokens_never_go_back(pg)
 
 
+@pytest.mark.parametrize("fleet", ['nodes = ["b", "c*"]\n'], indirect=True)
+def test_only_the_allowed_nodes_hold_a_singleton_and_a_move_elsewhere_is_refused(
+    fleet: list[Daemon], pg: PgServer
+) -> None:
+    a = fleet[0]
+    first = the_holder(fleet)
+    assert first is not a
+    cli = [sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", a.admin, "--token-file", str(a.token_file)]
+    done = subprocess.run([*cli, "cluster", "move", "writer", "a"], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "'a' may not hold 'writer': its nodes are ['b', 'c*']" in done.stderr, done
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait()
+    deadline = time.monotonic() + LEASE * 6
+    while not holders(fleet):  # the other allowed node takes over; a, alive and willing, never does
+        assert running(a) is None
+        assert time.monotonic() < deadline, "the other allowed node did not take over"
+    assert holders(fleet) not in ([a], [first])
+    assert running(a) is None
+    accepted_tokens_never_go_back(pg)
+
+
+def alert_receiver(tmp: Path) -> tuple[str, Path]:
+    """An ``[[daemon.alerts]]`` table whose command appends each alert (JSON on stdin) to a file."""
+    out = tmp / "alerts.jsonl"
+    table = f'\n[[daemon.alerts]]\nname = "pager"\nexec = ["sh", "-c", "cat >> {out}; echo >> {out}"]\n'
+    return table, out
+
+
+def alerts_in(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
+
+
+def metric(d: Daemon, name: str, path: str = "writer") -> float | None:
+    for line in d.metrics().splitlines():
+        if line.startswith(f'{name}{{path="{path}"}} '):
+            return float(line.split()[-1])
+    return None
+
+
+@pytest.mark.parametrize("fleet", ['nodes = ["z"]\n'], indirect=True)
+def test_a_singleton_no_node_may_hold_raises_one_alarm_in_the_fleet(fleet: list[Daemon], pg: PgServer) -> None:
+    """No live node may hold it: past the failover bound (lease + 3 heartbeats) the first live node by name says so,
+    once, and every node's metrics show it unheld."""
+    a, b, c = fleet
+    bound = LEASE + 3 * HEARTBEAT
+    said = wait_until(lambda: a.events("SingletonUnheld"), timeout=bound * 4, what="the alarm")
+    assert said[0]["path"] == "writer" and said[0]["seconds"] > bound and said[0]["bound"] == bound
+    for d in fleet:
+        wait_until(lambda d=d: (metric(d, "mcp_singleton_unheld_seconds") or 0) > bound, what="the unheld metric")
+        assert metric(d, "mcp_singleton_holders") == 0.0 and metric(d, "mcp_lease_age_seconds") is None
+        assert lease_row(d)["holders"] == [] and lease_row(d)["holder"] is None
+    began = a.request("GET", "/cluster")[1]["read_at"]
+    wait_until(lambda: a.request("GET", "/cluster")[1]["read_at"] > began + 2 * HEARTBEAT, what="two more heartbeats")
+    assert len(a.events("SingletonUnheld")) == 1  # once per episode
+    assert b.events("SingletonUnheld") == [] and c.events("SingletonUnheld") == []  # one node tells the fleet
+    assert any(e.get("event") == "cluster: no node holds a singleton" for e in a.log_events())
+
+
+def test_two_nodes_saying_they_hold_a_singleton_raise_an_alert(pg: PgServer, tmp_path: Path) -> None:
+    """A second live node row that says it holds the singleton (a foreign or broken node, written into the table
+    here): the holder counts two, raises the alarm and its alert once, and clears it when that row goes."""
+    schema = f"overlap_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
+    table, out = alert_receiver(tmp_path)
+    d = Daemon(tmp_path, toml(pg, "a", schema) + table)
+    try:
+        d.wait_ready()
+        wait_until(lambda: running(d), timeout=30, what="the singleton running")
+        wait_until(lambda: metric(d, "mcp_singleton_holders") == 1.0, what="one holder counted")
+        assert (metric(d, "mcp_lease_age_seconds") or 0) >= 0
+        query(pg, f"INSERT INTO {schema}.nodes (node, started_at, heartbeat_at, version, admin, status)"
+                  " VALUES ('zz', now(), now() + interval '1 hour', 'x', 'x', '{\"singletons\": [\"writer\"]}')")  # fmt: skip
+        said = wait_until(lambda: d.events("SingletonOverlap"), timeout=10, what="the overlap alarm")
+        assert said[0]["nodes"] == ["a", "zz"]
+        assert metric(d, "mcp_singleton_holders") == 2.0
+        assert lease_row(d)["holders"] == ["a", "zz"]
+        alert = wait_until(lambda: [x for x in alerts_in(out) if x["event"] == "singleton-overlap"], timeout=10,
+                           what="the alert")[0]  # fmt: skip
+        assert alert["severity"] == "critical" and alert["title"] == "writer runs on more than one node"
+        assert alert["text"] == "2 nodes say they hold it: a, zz"
+        query(pg, f"DELETE FROM {schema}.nodes WHERE node = 'zz'")
+        wait_until(lambda: metric(d, "mcp_singleton_holders") == 1.0, what="one holder again")
+        assert len(d.events("SingletonOverlap")) == 1
+    finally:
+        d.stop()
+
+
 CHAOS_SECONDS = float(os.environ.get("MCP_CHAOS_SECONDS", "40"))  # e.g. 180 for the issue's 3-minute run
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_supervisor.daemon.leasing import Decision, Move, decide
+from mcp_supervisor.daemon.leasing import Decision, Move, allowed, decide
 
 LIVE = {"a", "b", "c"}
 # node, held, wanted, live, prefer -> decision
@@ -40,6 +40,44 @@ ROWS = [
 
 Row = tuple[str, bool, str | None, set[str], tuple[str, ...], Decision]
 
+# node, held, wanted, live, prefer, nodes -> decision: eligibility comes first
+ELIGIBLE = [
+    # a node the singleton's nodes do not allow never holds it; a holder it no longer allows (a reload) hands over
+    ("a", True, None, LIVE, (), ("b", "c"), Decision(Move.HAND_OVER, barred=True)),
+    ("a", False, None, LIVE, (), ("b", "c"), Decision(Move.WAIT, barred=True)),
+    ("b", False, None, LIVE, (), ("b", "c"), Decision(Move.ACQUIRE)),
+    # a wish for a node it does not allow is void, so is a preference for one
+    ("b", True, "a", LIVE, (), ("b", "c"), Decision(Move.RENEW)),
+    ("b", True, None, LIVE, ("a",), ("b", "c"), Decision(Move.RENEW)),
+    # prefer keeps its meaning among the allowed nodes
+    ("b", True, None, LIVE, ("c",), ("b", "c"), Decision(Move.HAND_OVER)),
+    # glob patterns
+    ("web-1", False, None, {"web-1", "db-1"}, (), ("web-*",), Decision(Move.ACQUIRE)),
+    ("db-1", False, None, {"web-1", "db-1"}, (), ("web-*",), Decision(Move.WAIT, barred=True)),
+]
+
+
+@pytest.mark.parametrize("row", ELIGIBLE)
+def test_decide_with_nodes(
+    row: tuple[str, bool, str | None, set[str], tuple[str, ...], tuple[str, ...], Decision],
+) -> None:
+    node, held, wanted, live, prefer, nodes, expected = row
+    assert decide(node, held, wanted, live, prefer, nodes) == expected
+
+
+@pytest.mark.parametrize("nodes", [("a", "b"), ("c",), ("?",)])
+@pytest.mark.parametrize("wanted", [None, "a", "c"])
+@pytest.mark.parametrize("prefer", [(), ("a",), ("b",)])
+def test_with_nodes_exactly_one_allowed_live_node_may_end_up_holding_it(
+    nodes: tuple[str, ...], wanted: str | None, prefer: tuple[str, ...]
+) -> None:
+    for holder in sorted(LIVE):
+        after = {n: decide(n, n == holder, wanted, LIVE, prefer, nodes).move for n in sorted(LIVE)}
+        keeps = [n for n, m in after.items() if m is Move.RENEW]
+        takers = [n for n, m in after.items() if m is Move.ACQUIRE]
+        assert all(allowed(n, nodes) for n in keeps + takers)
+        assert len(keeps) <= 1 and len(keeps) + len(takers) >= 1, (holder, after)
+
 
 @pytest.mark.parametrize("row", ROWS)
 def test_decide(row: Row) -> None:
@@ -69,3 +107,4 @@ def test_exactly_one_live_node_may_end_up_holding_it(wanted: str | None, prefer:
 def test_the_reason_names_where_it_goes() -> None:
     assert Decision(Move.HAND_OVER, "b").reason() == "handing over to b"
     assert Decision(Move.HAND_OVER).reason() == "handing over to a preferred node"
+    assert Decision(Move.HAND_OVER, barred=True).reason() == "this node is not among its nodes"

@@ -66,3 +66,32 @@ def test_a_singleton_needs_a_cluster() -> None:
     text = '[tree]\n[[tree.children]]\nid = "s"\ncommand = ["x"]\nsingleton = true\n'
     with pytest.raises(ConfigError, match=r"singleton: needs a \[cluster\] table"):
         parse_config(text, "f.toml")
+
+
+def test_nodes_says_which_nodes_may_hold_a_singleton_with_patterns() -> None:
+    cfg = parse_config(
+        BASE.replace('prefer = ["node-a"]', 'nodes = ["node-a", "edge-*"]\nprefer = ["node-a"]'), "f.toml"
+    )
+    assert cfg.singletons["scheduler"].nodes == ("node-a", "edge-*")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            'nodes = ["node-b"]',
+            r"tree\.children\[1\]\.prefer: names 'node-a', which nodes = \['node-b'\] does not allow",
+        ),
+        ("nodes = []", r"tree\.children\[1\]\.nodes: names no node"),
+        ('nodes = "node-a"', r"tree\.children\[1\]\.nodes: must be an array of node names or patterns"),
+    ],
+)
+def test_bad_nodes_are_named(line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(BASE.replace('prefer = ["node-a"]', f'{line}\nprefer = ["node-a"]'), "f.toml")
+
+
+def test_nodes_applies_only_to_a_singleton() -> None:
+    text = BASE.replace('command = ["sleep", "1000"]', 'command = ["sleep", "1000"]\nnodes = ["a"]', 1)
+    with pytest.raises(ConfigError, match=r"tree\.children\[0\]\.nodes: applies only to a singleton"):
+        parse_config(text, "f.toml")

@@ -321,7 +321,7 @@ OPENAPI: dict[str, Any] = {
                 "200": _json({"type": "object", "required": ["path", "node", "requested"],
                               "properties": {"path": {"type": "string"}, "node": {"type": "string"},
                                              "requested": {"type": "boolean"}}}, "requested"),
-                "400": _err("path or node missing"),
+                "400": _err("path or node missing, or a node the singleton's nodes do not allow"),
                 "404": _err("not in a cluster, or not a singleton"),
                 "503": _err("the cluster database did not answer"),
                 **_AUTH,

@@ -438,6 +438,8 @@ async def cluster_move(request: web.Request) -> web.Response:
         await request.app[CONTROLS].move(path, node)
     except LookupError as e:
         return error(request, 404, str(e.args[0]) if e.args else str(e))
+    except ValueError as e:  # a node the singleton's nodes do not allow
+        return error(request, 400, str(e))
     except Exception as e:  # noqa: BLE001 - the database did not answer: say so, never a 500
         return error(request, 503, f"the cluster database did not answer ({describe(e)})")
     return reply(request, {"path": path, "node": node, "requested": True})

@@ -8,8 +8,9 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core import (
     Backoff,
@@ -30,7 +31,7 @@ MAX_DEPTH = 64  # supervisors nested in one another
 
 _NOT_RESTARTING = {"public_env", "instances", "reload", "start_retries", "reload_signal"}
 """An OS child's keys whose change restarts nothing (they apply to the next start, or to the supervisor only)."""
-_COMMON = {"id", "restart", "shutdown", "significant", "backoff", "start_retries", "singleton", "prefer"}
+_COMMON = {"id", "restart", "shutdown", "significant", "backoff", "start_retries", "singleton", "prefer", "nodes"}
 SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
 _WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
@@ -174,25 +175,44 @@ def child(  # noqa: C901, PLR0912, PLR0915 - one child table: each key is checke
     return [spec]
 
 
-def _singleton(ctx: Reader, table: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    """``singleton = true`` (and its ``prefer``): the preferred nodes, or None for an ordinary child."""
+class Placement(NamedTuple):
+    """Where a singleton may run: ``nodes`` (names or glob patterns; empty: anywhere) and, among them, ``prefer``."""
+
+    prefer: tuple[str, ...]
+    nodes: tuple[str, ...]
+
+
+def _names(ctx: Reader, table: Mapping[str, Any], key: str, field: str, what: str) -> tuple[str, ...]:
+    value = table.get(field, [])
+    if not isinstance(value, list) or not all(isinstance(n, str) and n for n in value):
+        raise ctx.error(f"{key}.{field}", f"must be an array of {what}, got {kind_of(value)}")
+    return tuple(value)
+
+
+def _singleton(ctx: Reader, table: Mapping[str, Any], key: str) -> Placement | None:
+    """``singleton = true`` (and its ``prefer`` and ``nodes``), or None for an ordinary child."""
     flag = table.get("singleton", False)
     if not isinstance(flag, bool):
         raise ctx.error(f"{key}.singleton", f"must be true or false, got {kind_of(flag)}")
-    prefer = table.get("prefer", [])
-    if "prefer" in table and not flag:
-        raise ctx.error(f"{key}.prefer", "applies only to a singleton")
-    if not isinstance(prefer, list) or not all(isinstance(n, str) and n for n in prefer):
-        raise ctx.error(f"{key}.prefer", f"must be an array of node names, got {kind_of(prefer)}")
+    for field in ("prefer", "nodes"):
+        if field in table and not flag:
+            raise ctx.error(f"{key}.{field}", "applies only to a singleton")
+    prefer = _names(ctx, table, key, "prefer", "node names")
+    nodes = _names(ctx, table, key, "nodes", 'node names or patterns (e.g. ["a", "web-*"])')
+    if "nodes" in table and not nodes:
+        raise ctx.error(f"{key}.nodes", "names no node: leave it out to let every node hold it")
     if not flag:
         return None
     if ctx.cluster is None:
         raise ctx.error(f"{key}.singleton", "needs a [cluster] table (the fleet it runs once in)")
-    return tuple(prefer)
+    for name in prefer:
+        if nodes and not any(fnmatchcase(name, pattern) for pattern in nodes):
+            raise ctx.error(f"{key}.prefer", f"names {name!r}, which nodes = {list(nodes)} does not allow")
+    return Placement(prefer, nodes)
 
 
 def _maybe_singleton(  # noqa: PLR0917
-    ctx: Reader, key: str, path: str, spec: ChildSpec, prefer: tuple[str, ...], fingerprint: str
+    ctx: Reader, key: str, path: str, spec: ChildSpec, placement: Placement, fingerprint: str
 ) -> list[ChildSpec]:
     """A singleton is kept out of its supervisor's children until the node holds its lease."""
     budget = spec.shutdown_timeout
@@ -203,8 +223,16 @@ def _maybe_singleton(  # noqa: PLR0917
             f"a singleton must stop well within its lease: shutdown + heartbeat ({heartbeat:g}s) + margin "
             f"({stop_margin(lease):g}s) must be below cluster.lease ({lease:g}s)",
         )
-    ctx.singletons[path] = Singleton(path=path, spec=spec, prefer=prefer, fingerprint=fingerprint)
+    ctx.singletons[path] = Singleton(
+        path=path, spec=spec, prefer=placement.prefer, nodes=placement.nodes, fingerprint=fingerprint
+    )
     return []
+
+
+def failover_bound(lease: float, heartbeat: float) -> float:
+    """Seconds a singleton may go without a holder in a failover (the lease expires, a heartbeat notices, the next
+    writes its row, a view reads it) before that is an alarm."""
+    return lease + 3 * heartbeat
 
 
 def move_bound(lease: float) -> float:

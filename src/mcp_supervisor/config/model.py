@@ -52,11 +52,13 @@ class SocketConfig:
 
 
 ALERT_EVENTS = ("crash-loop", "recovered", "gave-up", "start-failure", "oom-kill", "health", "singleton-moved",
-                "reload-failed")  # fmt: skip
+                "singleton-unheld", "singleton-overlap", "reload-failed")  # fmt: skip
 """What an alert may be ``on``: a crash loop began / ended (``recovered``), a supervisor gave up (its intensity
 was exceeded), a start failed, the OOM killer took a child, a health check or the overall health changed, a
-singleton began running on this node, a reload was refused."""
-DEFAULT_ALERT_EVENTS = ("crash-loop", "recovered", "gave-up", "oom-kill", "reload-failed")
+singleton began running on this node, no node held a singleton for longer than the failover bound, more than one
+node held it, a reload was refused."""
+DEFAULT_ALERT_EVENTS = ("crash-loop", "recovered", "gave-up", "oom-kill", "singleton-unheld", "singleton-overlap",
+                        "reload-failed")  # fmt: skip
 ALERT_FORMATS = ("json", "slack", "discord", "ntfy")
 
 
@@ -133,6 +135,7 @@ class Singleton:
     path: str
     spec: ChildSpec
     prefer: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # the nodes that may hold it: names or glob patterns (empty: every node)
     fingerprint: str = ""  # what a reload compares (a worker's spec holds a new function at every load)
 
     @property

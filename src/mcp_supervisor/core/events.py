@@ -91,6 +91,22 @@ class SingletonStarted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SingletonUnheld(Event):
+    """Fleet mode: no live node has held the singleton for longer than the failover bound (``seconds`` so far), as
+    this node saw it — told by one node of the fleet (the first live one by name), once per episode."""
+
+    seconds: float
+    bound: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SingletonOverlap(Event):
+    """Fleet mode: more than one live node says it holds the singleton (``nodes``) — told once per episode."""
+
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SingletonKilled(Event):
     """Fleet mode's backstop: a singleton's OS process still ran when its lease's hard deadline came (its stop did
     not finish in time) and was SIGKILLed with its group, before the lease could expire anywhere."""

@@ -34,7 +34,9 @@ from ..core import (
     Event,
     EventBus,
     IntensityExceeded,
+    SingletonOverlap,
     SingletonStarted,
+    SingletonUnheld,
     StartFailed,
     Subscription,
     describe,
@@ -48,7 +50,7 @@ BACKOFF_CAP = 60.0
 FLUSH = 5.0  # seconds a stopping daemon gives its receivers to send what is queued
 _SEVERITY = {"crash-loop": "critical", "gave-up": "critical", "oom-kill": "critical", "reload-failed": "warning",
              "start-failure": "warning", "health": "warning", "recovered": "info",
-             "singleton-moved": "info"}  # fmt: skip
+             "singleton-moved": "info", "singleton-unheld": "critical", "singleton-overlap": "critical"}  # fmt: skip
 _NTFY_TAGS = {"critical": "rotating_light", "warning": "warning", "info": "white_check_mark"}
 _NTFY_PRIORITY = {"critical": "5", "warning": "4", "info": "3"}
 
@@ -129,6 +131,13 @@ class Classifier:
         if isinstance(ev, SingletonStarted):
             return ("singleton-moved", f"{name} now runs on {ev.node}", f"fencing token {ev.token}",
                     {"node": ev.node, "token": ev.token})  # fmt: skip
+        if isinstance(ev, SingletonUnheld):
+            text = (f"no live node has held it for {ev.seconds:g} s (failover bound {ev.bound:g} s): "
+                    "see `ctl cluster status` and every node's /readyz")  # fmt: skip
+            return "singleton-unheld", f"{name} runs nowhere", text, {"seconds": ev.seconds, "bound": ev.bound}
+        if isinstance(ev, SingletonOverlap):
+            text = f"{len(ev.nodes)} nodes say they hold it: {', '.join(ev.nodes)}"
+            return "singleton-overlap", f"{name} runs on more than one node", text, {"nodes": list(ev.nodes)}
         if isinstance(ev, ReloadResult) and not ev.ok:
             return "reload-failed", "reload failed", f"{ev.error} (the running configuration is kept)", {}
         return None

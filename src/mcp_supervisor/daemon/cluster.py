@@ -28,7 +28,7 @@ from typing import Any, assert_never
 import asyncpg
 
 from .. import __version__
-from ..config.children import move_bound, stop_margin
+from ..config.children import failover_bound, move_bound, stop_margin
 from ..config.model import ClusterConfig, Singleton
 from ..core import (
     FailedToStartChild,
@@ -36,12 +36,14 @@ from ..core import (
     NotRunning,
     OperationError,
     SingletonKilled,
+    SingletonOverlap,
     SingletonStarted,
+    SingletonUnheld,
     Tree,
     describe,
 )
-from ..telemetry.metrics import FleetSample
-from .leasing import Move, decide
+from ..telemetry.metrics import FleetSample, SingletonSample
+from .leasing import Move, allowed, decide
 
 _PENDING = "wanted IS NOT NULL AND wanted_at > now() - make_interval(secs => {bound!r})"
 """A lease row's move is pending: asked for, not used up or cancelled, younger than move_bound() (a number from the
@@ -116,6 +118,8 @@ class LeaseRow:
     wanted: str | None
     running_here: bool
     wanted_age: float | None = None  # seconds since the pending move was asked for
+    holders: tuple[str, ...] = ()  # the live nodes that say they hold it (their rows' status): one, or an alarm
+    unheld_for: float | None = None  # seconds this node has seen no holder (None while held)
 
 
 @dataclass(slots=True)
@@ -137,7 +141,13 @@ class ClusterView:
         """What the metrics show of it."""
         live = sum(1 for n in self.nodes if n.live)
         holders = tuple((s.path, s.holder) for s in self.singletons if s.holder)
-        return FleetSample(live=live, down=len(self.nodes) - live, holders=holders, renew_failures=renew_failures)
+        now = time.time()
+        singletons = tuple(
+            SingletonSample(s.path, len(s.holders), s.unheld_for or 0.0, now - s.since if s.holder else None)
+            for s in self.singletons
+        )
+        return FleetSample(live=live, down=len(self.nodes) - live, holders=holders, renew_failures=renew_failures,
+                           singletons=singletons)  # fmt: skip
 
 
 class ClusterAgent:
@@ -175,6 +185,9 @@ class ClusterAgent:
         self.view = ClusterView(node=cfg.node)
         self.renew_failures = 0
         self.statements = 0
+        self._bound = failover_bound(cfg.lease, cfg.heartbeat)
+        self._unheld_since: dict[str, float] = {}  # path -> when this node first saw it without a holder
+        self._alarmed: dict[str, set[str]] = {}  # path -> the alarms told in its current episode
 
     # -- life --------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -229,7 +242,7 @@ class ClusterAgent:
             if (
                 after is None
                 or before is None
-                or (before.fingerprint, before.prefer) != (after.fingerprint, after.prefer)
+                or (before.fingerprint, before.prefer, before.nodes) != (after.fingerprint, after.prefer, after.nodes)
             ):
                 self._spawn(self._stop(path, "its config changed"))
 
@@ -292,7 +305,7 @@ class ClusterAgent:
             " SELECT EXISTS (SELECT 1 FROM me) AS mine, ARRAY(SELECT node FROM {s}.nodes WHERE {live}) AS live,"
             " (SELECT coalesce(jsonb_object_agg(path, wanted), '{{}}') FROM {s}.leases WHERE {pending})::text"
             " AS wanted, {view}",
-            node, self._started_at, __version__, self.admin, json.dumps(self._summary()), self._incarnation,
+            node, self._started_at, __version__, self.admin, json.dumps(self._status()), self._incarnation,
         )  # fmt: skip
         if not rows[0]["mine"]:  # the name is another live daemon's: hold nothing until its row expires
             await self._name_taken(conn)
@@ -306,7 +319,7 @@ class ClusterAgent:
         wanted: dict[str, str] = json.loads(rows[0]["wanted"])
         for path, single in self.singletons.items():
             held = self._held.get(path)
-            decision = decide(node, held is not None, wanted.get(path), live, single.prefer)
+            decision = decide(node, held is not None, wanted.get(path), live, single.prefer, single.nodes)
             match decision.move:
                 case Move.HAND_OVER:
                     await self._stop(path, decision.reason())
@@ -319,6 +332,10 @@ class ClusterAgent:
                 case _:
                     assert_never(decision.move)
         self._apply_view(rows[0])
+
+    def _status(self) -> dict[str, Any]:
+        """This node's row's status: its tree's summary and the singletons it holds (the others count holders)."""
+        return {**self._summary(), "singletons": sorted(self._held)}
 
     async def _name_taken(self, conn: asyncpg.Connection) -> None:
         rows = await self._q(conn, "SELECT admin, extract(epoch FROM started_at) AS started_at FROM {s}.nodes"
@@ -381,16 +398,61 @@ class ClusterAgent:
                     started_at=float(r["started_at"]), heartbeat_at=float(r["heartbeat_at"]), status=r["status"])
             for r in nodes
         ]  # fmt: skip
+        holding: dict[str, list[str]] = {}
+        for n in self.view.nodes:
+            if n.live:
+                for path in n.status.get("singletons", ()):
+                    holding.setdefault(path, []).append(n.node)
+        now = time.monotonic()
+        for path in self.singletons:
+            if holding.get(path):
+                self._unheld_since.pop(path, None)
+            else:
+                self._unheld_since.setdefault(path, now)
         self.view.singletons = [
             LeaseRow(path=r["path"], holder=r["holder"] if r["valid"] else None, token=int(r["token"]),
                      since=float(r["since"]), expires_at=float(r["expires_at"]),
                      wanted=r["wanted"],
                      wanted_age=float(r["wanted_age"]) if r["wanted_age"] is not None else None,
-                     running_here=r["path"] in self._held and self._held[r["path"]].started)
+                     running_here=r["path"] in self._held and self._held[r["path"]].started,
+                     holders=tuple(holding.get(r["path"], ())),
+                     unheld_for=now - self._unheld_since[r["path"]] if r["path"] in self._unheld_since else None)
             for r in leases
             if r["path"] in self.singletons or r["valid"]
         ]  # fmt: skip
+        never = sorted(set(self.singletons) - {r["path"] for r in leases})  # no node ever took its lease
+        self.view.singletons += [
+            LeaseRow(path=p, holder=None, token=0, since=0.0, expires_at=0.0, wanted=None, running_here=False,
+                     unheld_for=now - self._unheld_since[p] if p in self._unheld_since else None)
+            for p in never
+        ]  # fmt: skip
+        self.view.singletons.sort(key=lambda row: row.path)
         self.view.read_at = time.time()
+        self._alarms(holding, now, min((n.node for n in self.view.nodes if n.live), default=self.cfg.node))
+
+    def _alarms(self, holding: Mapping[str, list[str]], now: float, reporter: str) -> None:
+        """No holder for longer than the failover bound, or more than one: told once per episode, by one node (the
+        first live one by name, so that a fleet says it once)."""
+        for path in self.singletons:
+            told = self._alarmed.setdefault(path, set())
+            nodes = tuple(sorted(holding.get(path, ())))
+            unheld = now - self._unheld_since[path] if path in self._unheld_since else 0.0
+            if len(nodes) == 1 or (not nodes and unheld <= self._bound):
+                told.clear()  # the episode is over (or has not begun)
+                continue
+            alarm = "overlap" if nodes else "unheld"
+            if alarm in told or reporter != self.cfg.node:
+                continue
+            told.add(alarm)
+            if alarm == "overlap":
+                self.log.error("cluster: more than one node holds a singleton", path=path, nodes=list(nodes))
+                event: SingletonOverlap | SingletonUnheld = SingletonOverlap(path=path, nodes=nodes)
+            else:
+                self.log.error("cluster: no node holds a singleton", path=path, seconds=round(unheld, 1),
+                               bound=self._bound)  # fmt: skip
+                event = SingletonUnheld(path=path, seconds=round(unheld, 1), bound=self._bound)
+            if self.tree.bus.active:
+                self.tree.bus.emit(event)
 
     # -- holding a singleton ----------------------------------------------------------------------------------
     def _arm(self, path: str, held: _Held, sent: float) -> None:
@@ -496,6 +558,8 @@ class ClusterAgent:
         """Ask for the singleton at ``path`` to run on ``node``: its holder hands it over at its next heartbeat."""
         if path not in self.singletons:
             raise LookupError(f"{path!r} is not a singleton")
+        if not allowed(node, self.singletons[path].nodes):
+            raise ValueError(f"{node!r} may not hold {path!r}: its nodes are {list(self.singletons[path].nodes)}")
         conn = await self._connect()
         await self._q(
             conn,

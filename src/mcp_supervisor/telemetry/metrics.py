@@ -80,6 +80,17 @@ class FleetSample:
     down: int
     holders: tuple[tuple[str, str], ...]  # (singleton path, node holding its lease)
     renew_failures: int
+    singletons: tuple[SingletonSample, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SingletonSample:
+    """One singleton as this node's last heartbeat saw the fleet."""
+
+    path: str
+    holders: int  # live nodes that say they hold it
+    unheld_s: float  # seconds without any (0 while held)
+    lease_age_s: float | None  # since its current holder took the lease (None: nobody holds it)
 
 
 class ClusterCollector(Collector):
@@ -101,9 +112,23 @@ class ClusterCollector(Collector):
             holder.add_metric([path, node], 1.0)
         renew = CounterMetricFamily("mcp_lease_renew_failures", "Heartbeats or lease renewals that failed here")
         renew.add_metric([], float(got.renew_failures))
+        count = GaugeMetricFamily("mcp_singleton_holders", "Live nodes that say they hold a singleton (alarm: 0 for "
+                                  "longer than the failover bound, or more than 1)", labels=["path"])  # fmt: skip
+        unheld = GaugeMetricFamily("mcp_singleton_unheld_seconds", "Seconds a singleton has had no holder, as this "
+                                   "node saw it (0 while held)", labels=["path"])  # fmt: skip
+        age = GaugeMetricFamily("mcp_lease_age_seconds", "Seconds since a singleton's current holder took its lease",
+                                labels=["path"])  # fmt: skip
+        for one in got.singletons:
+            count.add_metric([one.path], float(one.holders))
+            unheld.add_metric([one.path], one.unheld_s)
+            if one.lease_age_s is not None:
+                age.add_metric([one.path], one.lease_age_s)
         yield nodes
         yield holder
         yield renew
+        yield count
+        yield unheld
+        yield age
 
 
 class DropsCollector(Collector):

@@ -159,6 +159,14 @@ class Daemon:
     def pids(self, *paths: str) -> dict[str, int]:
         return {p: self.node(p)["pid"] for p in paths}
 
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        """The events of type ``kind`` the daemon still has (``GET /events?type=``), oldest first."""
+        code, body, _ = self.request("GET", f"/events?type={kind}&limit=1000")
+        assert code == 200, body
+        if isinstance(body, dict):  # one line: already parsed
+            return [body]
+        return [json.loads(line) for line in str(body).splitlines() if line.strip()]
+
     def metrics(self) -> str:
         code, text, _ = self.request("GET", "/metrics")
         assert code == 200

@@ -317,7 +317,8 @@ function connectEvents() {
   for (const type of ["ChildStarted", "ChildExited", "RestartScheduled", "StartFailed", "IntensityExceeded",
                       "SupervisorStopped", "ShutdownTimeout", "ChildUnstopped", "EscapeeKilled", "SpecWarning",
                       "HealthTransition", "HealthRound", "ReloadResult", "ProcessOutput", "ServiceState",
-                      "ServiceOperation", "CrashLoopStarted", "CrashLoopEnded", "SingletonStarted", "LoopBlocked"]) {
+                      "ServiceOperation", "CrashLoopStarted", "CrashLoopEnded", "SingletonStarted", "LoopBlocked",
+                      "SingletonKilled", "SingletonUnheld", "SingletonOverlap"]) {
     source.addEventListener(type, (m) => onEvent(JSON.parse(m.data)));
   }
   source.addEventListener("gap", (m) => {
