@@ -38,7 +38,7 @@ def info(pid: int, started_at: float) -> discovery.DaemonInfo:
 def test_a_file_written_by_the_running_process_is_found(runtime: Path, lookalike: subprocess.Popen[bytes]) -> None:
     path = discovery.write(info(lookalike.pid, time.time()))
     assert path is not None and path.parent == runtime
-    assert [d.pid for d in discovery.running()] == [lookalike.pid]
+    assert lookalike.pid in [d.pid for d in discovery.running()]
 
 
 def test_a_file_older_than_the_process_behind_its_pid_is_stale(
@@ -46,5 +46,5 @@ def test_a_file_older_than_the_process_behind_its_pid_is_stale(
 ) -> None:
     path = discovery.write(info(lookalike.pid, time.time() - 60))  # written a minute before this process began
     assert path is not None
-    assert discovery.running() == []
+    assert lookalike.pid not in [d.pid for d in discovery.running(everywhere=True)]  # (other tests' daemons may run)
     assert not path.exists(), "the stale file is cleaned up"
