@@ -269,3 +269,26 @@ command = ["sh", "-c", "while [ ! -e {flag} ]; do sleep 0.05; done; exit 3"]
     assert code == 3, out[-2000:]
     assert "exiting with the status of the child that made the root give up" in out
     assert oldest < 1.0, f"a zombie lived {oldest:.2f} s under PID 1"
+
+
+def test_a_pidfile_naming_an_older_process_is_refused_and_that_process_is_left_alone(tmp_path: Path) -> None:
+    """A daemonizing program's pidfile names a process that was running before the child started (a stale file, a
+    wrong setting): the child fails to start with a reason that says so, and that process is never adopted,
+    signalled or killed — the tree's start fails, the daemon exits, the bystander lives on."""
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        pidfile = tmp_path / "prog.pid"
+        d = Daemon(tmp_path, f"""
+[tree]
+[[tree.children]]
+id = "prog"
+command = ["sh", "-c", "echo {bystander.pid} > {pidfile}"]
+pidfile = "{pidfile}"
+""")  # fmt: skip
+        assert d.proc.wait(timeout=30) != 0
+        d.stop()
+        assert f"names pid {bystander.pid}, which is not a process it started" in d.log_text()
+        assert alive(bystander.pid)
+    finally:
+        bystander.kill()
+        bystander.wait()

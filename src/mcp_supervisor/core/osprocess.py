@@ -31,6 +31,16 @@ def _pgid(pid: int) -> int:
         return pid
 
 
+def start_time(pid: int) -> int | None:
+    """``pid``'s start time in clock ticks since boot (what tells a reused pid apart), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2 :].split()[19])
+
+
 def signal_group(pgid: int, sig: int, pid: int) -> None:
     """``killpg``, never on a group that is not a child's own — 0 (ours), 1 (killpg(1) is kill(-1): every process
     there is) or the daemon's group, where an adopted process (a pidfile's) may sit: then the process alone."""
@@ -76,6 +86,7 @@ class OsProcess:
         self._popen = popen
         self.pid = popen.pid if popen is not None else pid if pid is not None else -1
         self.pgid = self.pid if popen is not None else _pgid(self.pid)
+        self.started_ticks = start_time(self.pid)  # when it started (clock ticks since boot)
         OWN.add(self.pid)  # its exit status is ours to read (a subreaper's scan leaves it alone)
         self.path = path
         self._bus = bus
@@ -92,8 +103,12 @@ class OsProcess:
                     os.set_blocking(fd, False)
                     self._streams[fd] = (name, bytearray(), pipe)
                     loop.add_reader(fd, self._on_output, fd)
+        self._own_group = self.pgid == self.pid  # an adopted (pidfile) process may sit in a group that is not its own
         if guardian is not None:
-            guardian.register(self.pgid)
+            if self._own_group:
+                guardian.register(self.pgid)
+            elif (start := start_time(self.pid)) is not None:
+                guardian.register_pid(self.pid, start)  # this process alone: never a group it does not lead
         self.usage = escapes.spawned(self.pid, path) if escapes is not None else Usage()
         if cgroup is not None and popen is not None:  # its own cgroup, made for it: every OOM kill in it is its
             self.usage.own_cgroup_at(MemCgroup(cgroup, v2=True))
@@ -248,7 +263,10 @@ class OsProcess:
         if self.kill_group_on_exit:  # a launcher's pipes go on to the process it started
             self._drain()
         if self._guardian is not None:
-            self._guardian.unregister(self.pgid)
+            if self._own_group:
+                self._guardian.unregister(self.pgid)
+            else:
+                self._guardian.unregister_pid(self.pid)
         if self._escapes is not None:
             self._escapes.ended(self.pid)
         self.exited.set_result(code)

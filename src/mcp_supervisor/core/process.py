@@ -23,7 +23,7 @@ from .context import ChildContext
 from .escapes import Escapes
 from .events import EventBus, ExitReason
 from .guardian import Guardian
-from .osprocess import OsProcess
+from .osprocess import OsProcess, start_time
 from .specs import ProcessSpec, ReadyCommand, ReadyTCP
 from .watches import command_ready, tcp_ready, watch_liveness, watch_memory
 
@@ -54,6 +54,23 @@ async def _read_pidfile(spec: ProcessSpec) -> int:
         delay = min(delay * 2, 0.2)
 
 
+async def _adopt(
+    spec: ProcessSpec, launcher: OsProcess, bus: EventBus, guardian: Guardian | None, escapes: Escapes | None
+) -> OsProcess | ExitReason:
+    """The program a daemonizing launcher started, found by its pidfile once the launcher exited 0; else why not."""
+    launcher.kill_group_on_exit = False
+    code = await launcher.exited
+    if code != 0:
+        return launcher.reason(code)
+    pid = await _read_pidfile(spec)
+    started = start_time(pid)
+    if started is None or launcher.started_ticks is None or started < launcher.started_ticks:
+        # a stale pidfile, or one naming somebody else's process: never adopted, signalled or killed by us
+        return ExitReason("abnormal", f"its pidfile {spec.pidfile} names pid {pid}, which is not a process it "
+                          "started (it was running before); fix the pidfile setting")  # fmt: skip
+    return OsProcess.adopt(pid, launcher, bus, guardian, escapes, spec.stop_signal)
+
+
 async def run_process(  # noqa: PLR0917
     spec: ProcessSpec,
     path: str,
@@ -75,12 +92,10 @@ async def run_process(  # noqa: PLR0917
     watchers: list[asyncio.Task[None]] = []
     try:
         if spec.pidfile is not None:  # it daemonizes itself: the launcher exits, the pidfile names the program
-            proc.kill_group_on_exit = False
-            code = await proc.exited
-            if code != 0:
-                return proc.reason(code)
-            pid = await _read_pidfile(spec)
-            proc = OsProcess.adopt(pid, proc, bus, guardian, escapes, spec.stop_signal)
+            adopted = await _adopt(spec, proc, bus, guardian, escapes)
+            if isinstance(adopted, ExitReason):
+                return adopted
+            proc = adopted
             on_spawn(proc)
         if isinstance(spec.ready, ReadyTCP):
             ok = await tcp_ready(spec.ready, proc)
