@@ -87,12 +87,12 @@ _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def _cluster(ctx: Reader, table: Any) -> ClusterConfig | None:
-    """``[cluster]``: dsn (or dsn_file), node, lease, heartbeat, schema."""
+    """``[cluster]``: dsn (or dsn_file), node, lease, heartbeat, schema, notify."""
     if table is None:
         return None
     if not isinstance(table, dict):
         raise ctx.error("cluster", "must be a table")
-    check_keys(ctx, table, {"dsn", "dsn_file", "node", "lease", "heartbeat", "schema"}, "cluster")
+    check_keys(ctx, table, {"dsn", "dsn_file", "node", "lease", "heartbeat", "schema", "notify"}, "cluster")
     if ctx.host_checks and importlib.util.find_spec("asyncpg") is None:
         raise ctx.error("cluster", "fleet mode needs asyncpg, which is not installed: "
                                    "pip install 'mcp-supervisor-otp[postgres]'")  # fmt: skip
@@ -125,7 +125,9 @@ def _cluster(ctx: Reader, table: Any) -> ClusterConfig | None:
     schema = typed(ctx, table, "schema", str, "cluster") or "mcp_cluster"
     if not _SCHEMA.fullmatch(schema):
         raise ctx.error("cluster.schema", f"must be a lower-case SQL identifier, got {show('', schema)}")
-    return ClusterConfig(dsn=dsn, node=node, lease=float(lease), heartbeat=float(heartbeat), schema=schema)
+    notify = typed(ctx, table, "notify", bool, "cluster") or False
+    return ClusterConfig(dsn=dsn, node=node, lease=float(lease), heartbeat=float(heartbeat), schema=schema,
+                         notify=notify)  # fmt: skip
 
 
 def _daemon(ctx: Reader, table: Any) -> DaemonConfig:

@@ -126,6 +126,7 @@ class ClusterConfig:
     lease: float = 10.0
     heartbeat: float = 10.0 / 3
     schema: str = "mcp_cluster"
+    notify: bool = False  # LISTEN/NOTIFY wakes the others at a release or a move (not behind transaction poolers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

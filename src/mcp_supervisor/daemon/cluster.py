@@ -186,6 +186,9 @@ class ClusterAgent:
         self.renew_failures = 0
         self.statements = 0
         self._bound = failover_bound(cfg.lease, cfg.heartbeat)
+        self._wake = asyncio.Event()  # a NOTIFY (cluster.notify): run the next heartbeat now
+        self._listener: asyncpg.Connection | None = None
+        self._channel = f"mcp_cluster_{cfg.schema}"
         self._unheld_since: dict[str, float] = {}  # path -> when this node first saw it without a holder
         self._alarmed: dict[str, set[str]] = {}  # path -> the alarms told in its current episode
 
@@ -208,11 +211,49 @@ class ClusterAgent:
                     self.view.connected, self.view.error = False, describe(e)
                     # a statement that timed out is on a link that does not answer: closing politely would wait too
                     await self._disconnect(politely=not isinstance(e, TimeoutError))
-                await asyncio.sleep(max(0.0, self.cfg.heartbeat - (loop.time() - began)))
+                if self.cfg.notify:
+                    await self._listen()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self.cfg.heartbeat - (loop.time() - began))):
+                        await self._wake.wait()
+                self._wake.clear()
         finally:
             await self.stop_all("the node is stopping")
             await self._leave()
             await self._disconnect()
+            await self._unlisten()
+
+    # -- the optional wake-up: a release or a move is acted on at once, not at the next heartbeat ------------------
+    async def _listen(self) -> None:
+        """LISTEN on the cluster's channel, on a connection of its own (opened again when it was lost). Nothing
+        depends on it for safety: a lost notification only means waiting for the heartbeat."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(self.cfg.dsn, timeout=self._timeout, server_settings={
+                "application_name": f"mcp-supervisor listen {self.cfg.node}"[:63]})  # fmt: skip
+            await conn.add_listener(self._channel, self._notified)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            self.log.debug("cluster: cannot listen for hand-overs", error=describe(e))
+            return
+        self._listener = conn
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self.cfg.node:  # not our own
+            self._wake.set()
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def _tell(self, conn: asyncpg.Connection) -> None:
+        """Wake the other nodes (cluster.notify): a lease was released or a move asked for."""
+        if self.cfg.notify:
+            await self._q(conn, "SELECT pg_notify($1, $2)", self._channel, self.cfg.node)
 
     async def _leave(self) -> None:
         """A clean stop ends this run's node row (its name is free at once: a restart is not its own duplicate)."""
@@ -541,6 +582,7 @@ class ClusterAgent:
                     "UPDATE {s}.leases SET expires_at = now() WHERE path = $1 AND holder = $2 AND token = $3",
                     path, self.cfg.node, held.token,
                 )  # fmt: skip
+                await self._tell(conn)
 
     async def _remove(self, path: str) -> None:
         with contextlib.suppress(NoSuchPath, NotRunning, OperationError):
@@ -568,3 +610,6 @@ class ClusterAgent:
             " ON CONFLICT (path) DO UPDATE SET wanted = EXCLUDED.wanted, wanted_at = now()",
             path, node,
         )  # fmt: skip
+        with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self._tell(conn)
+        self._wake.set()  # and this node, which may hold it
