@@ -230,9 +230,9 @@ def test_ctl_shows_the_fleet_and_moves_a_singleton_without_ever_running_two(flee
     name = NAMES[fleet.index(target)]
     cli = [sys.executable, "-m", "mcp_supervisor.cli", "ctl", "--admin", target.admin,
            "--token-file", str(target.token_file)]  # fmt: skip
-    wait_until(lambda: "held by" in subprocess.run([*cli, "cluster", "status"], capture_output=True, text=True,
-                                                   check=True).stdout, what="the singleton in ctl's view")  # fmt: skip
-    out = subprocess.run([*cli, "cluster", "status"], capture_output=True, text=True, check=True).stdout
+    held = f"held by {NAMES[fleet.index(first)]}"
+    out = wait_until(lambda: held in (o := subprocess.run([*cli, "cluster", "status"], capture_output=True, text=True,
+                                                          check=True).stdout) and o, what="the holder in ctl's view")  # fmt: skip
     assert out.splitlines()[0] == f"node {name}: connected"
     assert f"writer               held by {NAMES[fleet.index(first)]}" in out
     done = subprocess.run([*cli, "cluster", "move", "writer", name], capture_output=True, text=True, check=False)

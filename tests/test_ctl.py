@@ -9,12 +9,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mcp_supervisor.cli.ctl import render_cluster
 from mcp_supervisor.testing import wait_until
 from mcp_supervisor.testing.daemon import Daemon
 
@@ -183,3 +185,14 @@ def test_ctl_next_to_two_daemons_asks_which_one(daemon: Daemon, tmp_path: Path) 
         assert by_config.returncode == 0 and "edge" not in by_config.stdout
     finally:
         other.stop()
+
+
+def test_cluster_status_names_a_singleton_held_by_nobody_or_by_two() -> None:
+    now = time.time()
+    view = {"node": "a", "connected": True, "nodes": [], "singletons": [
+        {"path": "cron", "holder": "a", "token": 4, "since": now - 30, "holders": ["a", "zz"]},
+        {"path": "mailer", "holder": None, "token": 0, "since": 0.0, "holders": [], "unheld_for": 12.4},
+    ]}  # fmt: skip
+    lines = render_cluster(view).splitlines()
+    assert lines[1] == "  cron                 held by a (token 4, since 30s), ALARM: 2 nodes say they hold it (a, zz)"
+    assert lines[2] == "  mailer               held by nobody for 12s"

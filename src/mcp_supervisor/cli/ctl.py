@@ -715,11 +715,17 @@ def render_cluster(view: dict[str, Any]) -> str:
         running = f"{st.get('running', '?')}/{st.get('children', '?')} running"
         lines.append(f"  {n['node']:<20} {state:<5} heartbeat {ago:.1f}s ago  {running}  {n['admin']}")
     for single in view.get("singletons", []):
-        holder = single.get("holder") or "nobody"
-        lines.append(f"  {single['path']:<20} held by {holder} (token {single['token']}, "
-                     f"since {max(0.0, now - single['since']):.0f}s)"
-                     + (f", moving to {single['wanted']} (asked {single.get('wanted_age') or 0:.0f}s ago)"
-                        if single.get("wanted") else ""))  # fmt: skip
+        if single.get("holder"):
+            line = (f"  {single['path']:<20} held by {single['holder']} (token {single['token']}, "
+                    f"since {max(0.0, now - single['since']):.0f}s)")  # fmt: skip
+        else:
+            unheld = single.get("unheld_for")
+            line = f"  {single['path']:<20} held by nobody" + (f" for {unheld:.0f}s" if unheld is not None else "")
+        if len(single.get("holders", ())) > 1:
+            line += f", ALARM: {len(single['holders'])} nodes say they hold it ({', '.join(single['holders'])})"
+        if single.get("wanted"):
+            line += f", moving to {single['wanted']} (asked {single.get('wanted_age') or 0:.0f}s ago)"
+        lines.append(line)
     return "\n".join(lines)
 
 
