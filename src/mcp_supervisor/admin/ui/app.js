@@ -214,7 +214,9 @@ async function refreshFleet() {
   });
   document.querySelector("#fleet tbody").replaceChildren(...rows);
   $("singletons").replaceChildren(...view.singletons.map((s) => {
-    const li = el("li", `${s.path}: ${s.holder ? "held by " + s.holder : "not held"} (token ${s.token})`);
+    const unheld = s.unheld_for == null ? "" : ` for ${Math.round(s.unheld_for)}s`;
+    const many = (s.holders || []).length > 1 ? ` — ALARM: held by ${s.holders.join(", ")}` : "";
+    const li = el("li", `${s.path}: ${s.holder ? "held by " + s.holder + ` (token ${s.token})` : "not held" + unheld}${many}`);
     li.dataset.path = s.path;
     return li;
   }));
