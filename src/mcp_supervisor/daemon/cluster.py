@@ -188,6 +188,7 @@ class ClusterAgent:
         self._bound = failover_bound(cfg.lease, cfg.heartbeat)
         self._wake = asyncio.Event()  # a NOTIFY (cluster.notify): run the next heartbeat now
         self._listener: asyncpg.Connection | None = None
+        self._listening = False  # a LISTEN connection is being opened
         self._channel = f"mcp_cluster_{cfg.schema}"
         self._unheld_since: dict[str, float] = {}  # path -> when this node first saw it without a holder
         self._alarmed: dict[str, set[str]] = {}  # path -> the alarms told in its current episode
@@ -211,8 +212,9 @@ class ClusterAgent:
                     self.view.connected, self.view.error = False, describe(e)
                     # a statement that timed out is on a link that does not answer: closing politely would wait too
                     await self._disconnect(politely=not isinstance(e, TimeoutError))
-                if self.cfg.notify:
-                    await self._listen()
+                if self.cfg.notify and not self._listening:  # in the background: never delays a heartbeat
+                    self._listening = True
+                    self._spawn(self._listen())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, self.cfg.heartbeat - (loop.time() - began))):
                         await self._wake.wait()
@@ -227,16 +229,22 @@ class ClusterAgent:
     async def _listen(self) -> None:
         """LISTEN on the cluster's channel, on a connection of its own (opened again when it was lost). Nothing
         depends on it for safety: a lost notification only means waiting for the heartbeat."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
         try:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            await self._unlisten()
             conn = await asyncpg.connect(self.cfg.dsn, timeout=self._timeout, server_settings={
                 "application_name": f"mcp-supervisor listen {self.cfg.node}"[:63]})  # fmt: skip
-            await conn.add_listener(self._channel, self._notified)
+            try:
+                await conn.add_listener(self._channel, self._notified)
+            except BaseException:
+                conn.terminate()
+                raise
+            self._listener = conn
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             self.log.debug("cluster: cannot listen for hand-overs", error=describe(e))
-            return
-        self._listener = conn
+        finally:
+            self._listening = False
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if payload != self.cfg.node:  # not our own
