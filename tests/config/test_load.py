@@ -11,7 +11,7 @@ import pytest
 from mcp_supervisor.config import ConfigError
 from mcp_supervisor.config import parse_config as _parse_config
 from mcp_supervisor.config.locate import too_deep
-from mcp_supervisor.core import ProcessSpec, ReadyTCP, SupervisorSpec
+from mcp_supervisor.core import ProcessSpec, ReadyOutput, ReadyTCP, SupervisorSpec
 from mcp_supervisor.daemon.builtins import BUILTIN_WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +186,15 @@ def test_start_retries_is_a_child_key_checked_like_the_others() -> None:
     assert parse_config(base.format('"${N:-2}"'), "f.toml", env={}).tree.children[0].start_retries == 2
     with pytest.raises(ConfigError, match=r"^f.toml:5: tree.children\[0\].start_retries: must be an integer 0..1000"):
         parse_config(base.format(-1), "f.toml", env={})
+
+
+def test_readiness_by_output_is_parsed_and_a_bad_pattern_is_named() -> None:
+    text = (
+        '[tree]\n[[tree.children]]\nid = "web"\ncommand = ["web"]\nready = { output = "Listening on", timeout = 5 }\n'
+    )
+    spec = parse_config(text, "f.toml").tree.children[0]
+    assert isinstance(spec, ProcessSpec) and spec.ready == ReadyOutput(pattern="Listening on", timeout=5)
+    with pytest.raises(ConfigError, match=r"tree\.children\[0\]\.ready\.output: is not a regular expression"):
+        parse_config(text.replace("Listening on", "(oops"), "f.toml")
+    with pytest.raises(ConfigError, match=r'needs exactly one of "tcp", "command" or "output"'):
+        parse_config(text.replace('output = "Listening on"', 'output = "x", tcp = "127.0.0.1:1"'), "f.toml")

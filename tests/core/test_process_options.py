@@ -22,6 +22,7 @@ from mcp_supervisor.core import (
     Liveness,
     ProcessOutput,
     ProcessSpec,
+    ReadyOutput,
     ReadyTCP,
     SpecError,
     SupervisorFlags,
@@ -256,3 +257,34 @@ def test_held_socket_descriptors_land_at_3_and_up_in_order_whatever_their_number
         assert table[str(3 + i)] == str(f)
     leftovers = {fd for fd in table if int(fd) > 2 + len(fds) and table[fd].startswith(str(tmp_path))}
     assert leftovers == set()
+
+
+async def test_readiness_by_output_waits_for_the_line_and_fails_when_the_process_ends_first(tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    spec = ProcessSpec(
+        id="srv", command=["sh", "-c", f"echo starting; while [ ! -e {gate} ]; do sleep 0.01; done; "
+                                       "echo 'Listening on 127.0.0.1:8080' >&2; exec sleep 100"],
+        ready=ReadyOutput(pattern=r"Listening on \S+:\d+", timeout=20),
+    )  # fmt: skip
+    tree = Tree(SupervisorSpec(id="root", children=[spec]))
+    rec = Recorder(tree.bus)
+    started = asyncio.ensure_future(tree.start())
+    try:
+        await output(rec, "srv", "starting")
+        await asyncio.sleep(0.3)  # the child has printed its first line and waits for the gate: not ready yet
+        assert not started.done()
+        gate.touch()
+        await asyncio.wait_for(started, 20)
+        ev = await rec.wait(lambda e: isinstance(e, ChildStarted) and e.path == "srv")
+        assert isinstance(ev, ChildStarted)
+    finally:
+        await tree.stop()
+    quitter = ProcessSpec(id="q", command=["sh", "-c", "echo almost; exit 0"], ready=ReadyOutput(pattern="ready"))
+    with pytest.raises(FailedToStartChild):
+        async with Tree(SupervisorSpec(id="root", children=[quitter])):
+            pass
+
+
+def test_a_readiness_pattern_must_be_a_regular_expression() -> None:
+    with pytest.raises(SpecError, match="is not a regular expression"):
+        ReadyOutput(pattern="(unclosed")

@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core import Liveness, ProcessSpec, ReadyCommand, ReadyTCP, SpecError
+from ..core import Liveness, ProcessSpec, ReadyCommand, ReadyOutput, ReadyTCP, SpecError
 from ..core.specs import RLIMITS
 from .model import INSTANCE_SEP, MAX_INSTANCES, ChildEntry, ReplicaSet
 from .reader import Reader, check_keys, numbers, split_host_port
@@ -62,22 +62,27 @@ def _limits(ctx: Reader, value: Any, key: str) -> dict[str, int]:
     return out
 
 
-def ready(ctx: Reader, value: Any, key: str) -> ReadyTCP | ReadyCommand | None:
+def ready(ctx: Reader, value: Any, key: str) -> ReadyTCP | ReadyCommand | ReadyOutput | None:
     if value is None:
         return None
     k = f"{key}.ready"
     if not isinstance(value, dict):
-        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }} or {{ command = [...] }}, got {kind_of(value)}')
-    check_keys(ctx, value, {"tcp", "command", "timeout", "interval"}, k)
+        raise ctx.error(k, f'must be a table: {{ tcp = "host:port" }}, {{ command = [...] }} or '
+                           f'{{ output = "regex" }}, got {kind_of(value)}')  # fmt: skip
+    check_keys(ctx, value, {"tcp", "command", "output", "timeout", "interval"}, k)
     value = numbers(value, ("timeout", "interval"))
-    if ("tcp" in value) == ("command" in value):
-        raise ctx.error(k, 'needs exactly one of "tcp" or "command"')
+    kinds = [n for n in ("tcp", "command", "output") if n in value]
+    if len(kinds) != 1:
+        raise ctx.error(k, 'needs exactly one of "tcp", "command" or "output"')
+    if "interval" in value and "command" not in value:
+        raise ctx.error(f"{k}.interval", "applies only to command readiness")
+    timeout = {"timeout": value["timeout"]} if "timeout" in value else {}
     try:
         if "tcp" in value:
-            if "interval" in value:
-                raise ctx.error(f"{k}.interval", "applies only to command readiness")
             host, port = _host_port(ctx, value["tcp"], f"{k}.tcp")
-            return ReadyTCP(host=host, port=port, **({"timeout": value["timeout"]} if "timeout" in value else {}))
+            return ReadyTCP(host=host, port=port, **timeout)
+        if "output" in value:
+            return ReadyOutput(pattern=value["output"], **timeout)
         extra = {n: value[n] for n in ("timeout", "interval") if n in value}
         return ReadyCommand(command=value["command"], **extra)
     except SpecError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 from collections import deque
@@ -92,6 +93,7 @@ class OsProcess:
         self._bus = bus
         self._guardian = guardian
         self.signals_sent: set[int] = set()
+        self._line_waiters: list[tuple[re.Pattern[str], asyncio.Future[str]]] = []
         self.exited: asyncio.Future[int] = loop.create_future()
         self._pidfd = os.pidfd_open(self.pid)
         loop.add_reader(self._pidfd, self._on_exit)
@@ -182,9 +184,15 @@ class OsProcess:
             return
         self._feed(fd, data)
 
+    def wait_line(self, pattern: str) -> asyncio.Future[str]:
+        """A future for the first output line from now on that ``pattern`` finds (readiness by output)."""
+        fut: asyncio.Future[str] = self._loop.create_future()
+        self._line_waiters.append((re.compile(pattern), fut))
+        return fut
+
     def _feed(self, fd: int, data: bytes) -> None:
         name, buf, _ = self._streams[fd]
-        if not self._bus.active:
+        if not self._bus.active and not self._line_waiters:
             return
         buf += data
         while True:
@@ -201,7 +209,13 @@ class OsProcess:
     def _emit(self, stream: str, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self.tail.append(line[:500])
-        self._bus.emit(ProcessOutput(path=self.path, stream=stream, line=line, pid=self.pid))  # type: ignore[arg-type]
+        if self._line_waiters:
+            for waiter in [w for w in self._line_waiters if w[1].done() or w[0].search(line)]:
+                self._line_waiters.remove(waiter)
+                if not waiter[1].done():
+                    waiter[1].set_result(line)
+        if self._bus.active:
+            self._bus.emit(ProcessOutput(path=self.path, stream=stream, line=line, pid=self.pid))  # type: ignore[arg-type]
 
     def _close_stream(self, fd: int) -> None:
         entry = self._streams.pop(fd, None)

@@ -24,8 +24,8 @@ from .escapes import Escapes
 from .events import EventBus, ExitReason
 from .guardian import Guardian
 from .osprocess import OsProcess, start_time
-from .specs import ProcessSpec, ReadyCommand, ReadyTCP
-from .watches import command_ready, tcp_ready, watch_liveness, watch_memory
+from .specs import ProcessSpec
+from .watches import is_ready, watch_liveness, watch_memory
 
 __all__ = ["Guardian", "OsProcess", "run_process"]
 
@@ -97,13 +97,7 @@ async def run_process(  # noqa: PLR0917
                 return adopted
             proc = adopted
             on_spawn(proc)
-        if isinstance(spec.ready, ReadyTCP):
-            ok = await tcp_ready(spec.ready, proc)
-        elif isinstance(spec.ready, ReadyCommand):
-            ok = await command_ready(spec.ready, proc, spec, bus)
-        else:
-            ok = True
-        if ok:
+        if await is_ready(spec, proc, bus):
             ctx.started(proc.pid)
             if spec.max_memory is not None:
                 watchers.append(asyncio.ensure_future(watch_memory(spec, proc)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -176,7 +177,25 @@ class ReadyCommand:
         _number(self.interval, "ready.interval", strict=True)
 
 
-Readiness: TypeAlias = ReadyTCP | ReadyCommand | None
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadyOutput:
+    """Ready once the process prints a line (stdout or stderr) that ``pattern`` (a regular expression) finds —
+    ``Listening on``, ``ready to accept connections``."""
+
+    pattern: str
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise SpecError("ready.output", "must be a non-empty regular expression", self.pattern)
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise SpecError("ready.output", f"is not a regular expression ({e})", self.pattern) from None
+        _number(self.timeout, "ready.timeout", strict=True)
+
+
+Readiness: TypeAlias = ReadyTCP | ReadyCommand | ReadyOutput | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -318,8 +337,8 @@ class ProcessSpec(_Common):
         object.__setattr__(self, "env", dict(self.env))
         if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd or "\x00" in self.cwd):
             raise SpecError("cwd", "must be a non-empty path", self.cwd)
-        if self.ready is not None and not isinstance(self.ready, ReadyTCP | ReadyCommand):
-            raise SpecError("ready", "must be ReadyTCP, ReadyCommand or None", self.ready)
+        if self.ready is not None and not isinstance(self.ready, ReadyTCP | ReadyCommand | ReadyOutput):
+            raise SpecError("ready", "must be ReadyTCP, ReadyCommand, ReadyOutput or None", self.ready)
         self._check_os_options()
 
     def _check_os_options(self) -> None:  # noqa: C901, PLR0912 - one check per OS option, each with its own message

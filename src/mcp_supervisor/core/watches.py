@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from .clock import wait_done
 from .events import EventBus
 from .launch import child_env
 from .osprocess import OsProcess
-from .specs import Liveness, ProcessSpec, ReadyCommand, ReadyTCP
+from .specs import Liveness, ProcessSpec, ReadyCommand, ReadyOutput, ReadyTCP
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -82,6 +83,29 @@ async def run_once(
         proc.kill_now()  # a no-op once it exited; else it and its group go now (its output drained)
         listener.close()
     return code, list(proc.tail)
+
+
+async def is_ready(spec: ProcessSpec, proc: OsProcess, bus: EventBus) -> bool:
+    """Wait for ``spec.ready`` (no readiness: ready at once); False when the process exited first."""
+    if isinstance(spec.ready, ReadyTCP):
+        return await tcp_ready(spec.ready, proc)
+    if isinstance(spec.ready, ReadyCommand):
+        return await command_ready(spec.ready, proc, spec, bus)
+    if isinstance(spec.ready, ReadyOutput):
+        return await output_ready(spec.ready, proc)
+    return True
+
+
+async def output_ready(ready: ReadyOutput, proc: OsProcess) -> bool:
+    """Ready at the first output line ``ready.pattern`` finds; not ready if the process exits first (the start
+    timeout bounds the wait, as for every readiness)."""
+    line = proc.wait_line(ready.pattern)
+    try:
+        either: set[asyncio.Future[Any]] = {line, proc.exited}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        return line.done()
+    finally:
+        line.cancel()
 
 
 async def command_ready(ready: ReadyCommand, proc: OsProcess, spec: ProcessSpec, bus: EventBus) -> bool:
