@@ -198,3 +198,18 @@ def test_readiness_by_output_is_parsed_and_a_bad_pattern_is_named() -> None:
         parse_config(text.replace("Listening on", "(oops"), "f.toml")
     with pytest.raises(ConfigError, match=r'needs exactly one of "tcp", "command" or "output"'):
         parse_config(text.replace('output = "Listening on"', 'output = "x", tcp = "127.0.0.1:1"'), "f.toml")
+
+
+def test_an_isolated_supervisor_is_one_process_child_and_its_subtree_is_kept_for_its_process() -> None:
+    text = (
+        '[tree]\n[[tree.children]]\nid = "iso"\nisolation = "process"\n'
+        '[[tree.children.children]]\nid = "db"\nworker = "postgres"\n'
+    )
+    cfg = parse_config(text, "f.toml")
+    iso = cfg.tree.children[0]
+    assert isinstance(iso, ProcessSpec) and iso.command[1:3] == ("-m", "mcp_supervisor.daemon.isolated")
+    assert iso.command[-1] == "iso" and iso.shutdown == 30.0  # "infinity" would make it unkillable
+    assert isinstance(cfg.isolated["iso"], SupervisorSpec) and cfg.isolated["iso"].children[0].id == "db"
+    assert "iso/db" not in cfg.entries and cfg.entries["iso"].kind == "process"
+    with pytest.raises(ConfigError, match=r'tree\.children\[0\]\.isolation: must be "none" or "process"'):
+        parse_config(text.replace('"process"', '"thread"'), "f.toml")

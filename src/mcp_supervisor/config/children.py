@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
@@ -15,12 +16,15 @@ from typing import Any, NamedTuple
 from ..core import (
     Backoff,
     ChildSpec,
+    ProcessSpec,
+    ReadyOutput,
     SpecError,
     SupervisorFlags,
     SupervisorSpec,
     WorkerSpec,
     describe,
 )
+from ..core.specs import shutdown_timeout
 from .envfile import env_files, read_env_files
 from .model import LOG_BYTES, LOG_LINES, ChildEntry, Singleton, WorkerFactory
 from .processes import PROCESS_KEYS, process_specs
@@ -36,7 +40,9 @@ SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
 _WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
 _PROCESS = _COMMON | _LOGS | PROCESS_KEYS
-_SUPERVISOR = _COMMON | SUP_FLAGS | {"children"}
+_SUPERVISOR = _COMMON | SUP_FLAGS | {"children", "isolation"}
+ISOLATED_READY = "mcp-supervisor isolated subtree: ready"
+"""The line an isolated subtree's process prints once its tree has started (its readiness)."""
 
 
 def flags_of(ctx: Reader, table: Mapping[str, Any], key: str) -> SupervisorFlags:
@@ -168,11 +174,43 @@ def child(  # noqa: C901, PLR0912, PLR0915 - one child table: each key is checke
             spec = SupervisorSpec(children=kids, flags=flags, **common)
             own = _fingerprint(table, {"children", "start_retries"} | SUP_FLAGS)
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
+            if _isolation(ctx, table, key, singleton is not None) == "process":
+                spec = _isolate(ctx, table, path, spec, entries)
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
     if singleton is not None:
         return _maybe_singleton(ctx, key, path, spec, singleton, entries[path].fingerprint)
     return [spec]
+
+
+def _isolation(ctx: Reader, table: Mapping[str, Any], key: str, singleton: bool) -> str:
+    value = table.get("isolation", "none")
+    if value not in ("none", "process"):
+        raise ctx.error(f"{key}.isolation", f'must be "none" or "process", got {show("", value)}')
+    if value == "process" and singleton:
+        raise ctx.error(f"{key}.isolation", "a singleton supervisor cannot be isolated (yet): isolate its children")
+    return str(value)
+
+
+def _isolate(
+    ctx: Reader, table: Mapping[str, Any], path: str, spec: SupervisorSpec, entries: dict[str, ChildEntry]
+) -> ProcessSpec:
+    """``isolation = "process"``: the subtree runs in a Python process of its own (``mcp_supervisor.daemon.isolated``,
+    which loads this same file and runs ``spec`` as its tree), supervised here as one OS child: ready when its tree
+    has started, stopped with SIGTERM then SIGKILL after ``shutdown``. Any change in its table restarts it."""
+    ctx.isolated[path] = spec
+    for p in [p for p in entries if p.startswith(path + "/")]:
+        del entries[p]  # its children live in the other process
+    entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, set()))
+    # an isolated subtree is killable: "infinity" (a supervisor's default) becomes 30 s, then SIGKILL
+    budget = shutdown_timeout(spec.shutdown)
+    shutdown = 30.0 if budget is None else budget
+    return ProcessSpec(
+        id=spec.id, restart=spec.restart, significant=spec.significant, backoff=spec.backoff,
+        shutdown=shutdown, start_retries=spec.start_retries,
+        command=[sys.executable, "-m", "mcp_supervisor.daemon.isolated", os.path.abspath(ctx.file), path],
+        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0),
+    )  # fmt: skip
 
 
 class Placement(NamedTuple):

@@ -283,6 +283,7 @@ def _parse(ctx: Reader) -> Config:
         replicas=dict(ctx.replicas),
         cluster=ctx.cluster,
         singletons=dict(ctx.singletons),
+        isolated=dict(ctx.isolated),
         secrets=frozenset(ctx.secrets),
         warnings=tuple(ctx.warnings),
         includes=tuple(i.reader.file for i in included),

@@ -167,6 +167,7 @@ class Config:
     replicas: Mapping[str, ReplicaSet] = field(default_factory=dict)  # by the child's path (no instance suffix)
     cluster: ClusterConfig | None = None
     singletons: Mapping[str, Singleton] = field(default_factory=dict)  # by path; not in ``tree`` until leased
+    isolated: Mapping[str, SupervisorSpec] = field(default_factory=dict)  # isolation = "process": the subtrees
     secrets: frozenset[str] = frozenset()
     """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
     warnings: tuple[str, ...] = ()

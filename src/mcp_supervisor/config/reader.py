@@ -64,6 +64,7 @@ class Reader:
         self.sockets: set[str] | None = None  # the [[daemon.sockets]] names children may list (None: not checked)
         self.replicas: dict[str, Any] = {}  # path -> ReplicaSet, as the tree's tables are read
         self.singletons: dict[str, Any] = {}  # path -> Singleton
+        self.isolated: dict[str, Any] = {}  # path -> the SupervisorSpec an isolated process runs
         self.cluster: Any = None  # the [cluster] table's config, read before the tree
         self.warnings: list[str] = []
         self.included: dict[str, list[Any]] = {}  # supervisor path -> the included files that add children to it

@@ -1,0 +1,163 @@
+"""``isolation = "process"``: a supervisor's subtree runs in a Python process of its own. A worker there that aborts
+the interpreter, or blocks its loop for good, takes down that process only: the daemon answers throughout, restarts
+the isolated supervisor with the reason (``killed by SIGABRT``; SIGKILL after its shutdown budget), and its sibling
+keeps its pid; ``kill -9`` of the daemon leaves no isolated interpreter behind."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_supervisor.testing import alive, wait_until
+from mcp_supervisor.testing.daemon import Daemon
+
+pytestmark = [pytest.mark.realtime, pytest.mark.timeout(120)]
+
+WORKERS = """
+import asyncio, os, time
+
+def steady(config):
+    async def run(ctx):
+        ctx.started()
+        await asyncio.Event().wait()
+    return run
+
+def fragile(config):
+    async def run(ctx):
+        ctx.started()
+        while not os.path.exists(config["trigger"]):
+            await asyncio.sleep(0.02)
+        os.abort()  # the interpreter dies with SIGABRT
+    return run
+
+def stubborn(config):
+    async def run(ctx):
+        ctx.started()
+        while not os.path.exists(config["trigger"]):
+            await asyncio.sleep(0.02)
+        open(config["trigger"] + ".blocked", "w").close()
+        while True:
+            time.sleep(60)  # blocks the loop for good: only a signal the kernel delivers can end it
+    return run
+"""
+
+
+def config(tmp: Path, worker: str) -> str:
+    return f"""
+[tree]
+intensity = 10
+[[tree.children]]
+id = "local"
+command = ["sleep", "1000"]
+[[tree.children]]
+id = "iso"
+isolation = "process"
+shutdown = 1
+[[tree.children.children]]
+id = "calm"
+worker = "isoworkers:steady"
+[[tree.children.children]]
+id = "risky"
+worker = "isoworkers:{worker}"
+config = {{ trigger = "{tmp / "trigger"}" }}
+"""
+
+
+def daemon(tmp: Path, worker: str) -> Daemon:
+    (tmp / "isoworkers.py").write_text(WORKERS)
+    d = Daemon(tmp, config(tmp, worker), env={"PYTHONPATH": str(tmp)})
+    d.wait_ready()
+    return d
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def livez_ms(d: Daemon) -> float:
+    t0 = time.monotonic()
+    code, _, _ = d.request("GET", "/livez")
+    assert code == 200
+    return (time.monotonic() - t0) * 1000
+
+
+def restarted(d: Daemon, old: int) -> Any:
+    """The isolated supervisor's node once a new process runs it (its last exit recorded)."""
+    return wait_until(lambda: (n := d.node("iso"))["state"] == "running" and n["pid"] != old and n, 30, "a restart")
+
+
+def test_an_aborting_worker_takes_down_its_isolated_process_only(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "fragile")
+    try:
+        iso, local = d.node("iso"), d.node("local")
+        argv = cmdline(iso["pid"])
+        assert argv[1:] == ["-m", "mcp_supervisor.daemon.isolated", str(d.config), "iso"], argv  # what ps shows
+        (tmp_path / "trigger").touch()
+        worst = 0.0
+        deadline = time.monotonic() + 30
+        while d.node("iso")["pid"] == iso["pid"]:  # /livez on every look while the isolated process dies
+            worst = max(worst, livez_ms(d))
+            assert time.monotonic() < deadline, "the isolated supervisor was not restarted"
+        (tmp_path / "trigger").unlink()
+        node = restarted(d, iso["pid"])
+        assert node["last_exit"]["detail"].startswith("killed by SIGABRT"), node["last_exit"]
+        assert d.node("local")["pid"] == local["pid"]  # its sibling untouched
+        assert worst < 100, f"/livez took {worst:.0f} ms"
+        logs = d.request("GET", "/children/iso/logs")[1]
+        assert "ChildStarted iso/calm" in str(logs) and "ChildStarted iso/risky" in str(logs), logs
+    finally:
+        d.stop()
+
+
+def test_a_worker_that_blocks_its_loop_for_good_is_killed_with_its_process(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "stubborn")
+    try:
+        iso = d.node("iso")
+        (tmp_path / "trigger").touch()
+        wait_until((tmp_path / "trigger.blocked").exists, 10, "the isolated loop blocked in time.sleep")
+        (tmp_path / "trigger").unlink()  # the next incarnation runs normally
+        t0 = time.monotonic()
+        code, body, _ = d.request("POST", "/children/iso/restart")
+        took = time.monotonic() - t0
+        assert code == 200, body
+        assert not alive(iso["pid"])
+        node = restarted(d, iso["pid"])
+        assert "SIGKILL" in node["last_exit"]["detail"], node["last_exit"]  # after its 1 s shutdown budget
+        assert 1.0 <= took < 10, took
+        assert livez_ms(d) < 100
+    finally:
+        d.stop()
+
+
+def test_kill_9_of_the_daemon_leaves_no_isolated_interpreter(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "fragile")
+    iso = d.node("iso")["pid"]
+    assert alive(iso)
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    d.stop()
+    wait_until(lambda: not alive(iso), 10, "the isolated process gone with the daemon")
+
+
+def test_a_reload_restarts_the_isolated_process_only_when_its_table_changed(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "steady")
+    try:
+        iso, local = d.node("iso")["pid"], d.node("local")["pid"]
+        code, doc, _ = d.request("POST", "/reload?wait=1")
+        assert code == 200 and doc["changes"] == [], doc
+        assert d.node("iso")["pid"] == iso
+        d.config.write_text(d.config.read_text().replace('id = "calm"', 'id = "calm2"'))
+        code, doc, _ = d.request("POST", "/reload?wait=1")
+        assert code == 200 and {"path": "iso", "change": "changed"} in doc["changes"], doc
+        new = restarted(d, iso)
+        assert "ChildStarted iso/calm2" in str(d.request("GET", "/children/iso/logs")[1])
+        assert new["pid"] != iso and d.node("local")["pid"] == local
+    finally:
+        d.stop()
