@@ -31,7 +31,8 @@ async def main(dsn: str, node: str) -> None:
     while True:
         try:
             await write(dsn, node, token)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as e:
+            # (InternalClientError: asyncpg's state machine when the server vanishes mid-statement)
             print(f"the database does not answer ({type(e).__name__}); retrying", flush=True)
             await asyncio.sleep(0.2)
 

@@ -334,7 +334,7 @@ def test_a_singleton_no_node_may_hold_raises_one_alarm_in_the_fleet(fleet: list[
     a, b, c = fleet
     bound = LEASE + 3 * HEARTBEAT
     said = wait_until(lambda: a.events("SingletonUnheld"), timeout=bound * 4, what="the alarm")
-    assert said[0]["path"] == "writer" and said[0]["seconds"] > bound and said[0]["bound"] == bound
+    assert said[0]["path"] == "writer" and said[0]["seconds"] >= bound and said[0]["bound"] == bound
     for d in fleet:
         wait_until(lambda d=d: (metric(d, "mcp_singleton_unheld_seconds") or 0) > bound, what="the unheld metric")
         assert metric(d, "mcp_singleton_holders") == 0.0 and metric(d, "mcp_lease_age_seconds") is None
