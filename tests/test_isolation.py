@@ -161,3 +161,26 @@ def test_a_reload_restarts_the_isolated_process_only_when_its_table_changed(tmp_
         assert new["pid"] != iso and d.node("local")["pid"] == local
     finally:
         d.stop()
+
+
+def test_the_status_shows_the_isolated_subtree_as_if_it_were_local(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "fragile")
+    try:
+        iso = d.node("iso")
+        assert iso["isolated"] is True and iso["kind"] == "process"
+        calm = d.node("iso/calm")
+        assert calm["state"] == "running" and d.node("iso/risky")["state"] == "running"
+        (tmp_path / "trigger").touch()  # risky aborts: the whole process goes, and comes back
+        wait_until(lambda: d.node("iso")["pid"] != iso["pid"], 30, "the isolated process restarted")
+        (tmp_path / "trigger").unlink()
+        wait_until(lambda: _has(d, "iso/risky") and d.node("iso")["pid"] != iso["pid"], 30, "its children again")
+        assert d.node("iso/calm")["state"] == "running"
+    finally:
+        d.stop()
+
+
+def _has(d: Daemon, path: str) -> bool:
+    try:
+        return bool(d.node(path)["state"] == "running")
+    except KeyError:
+        return False

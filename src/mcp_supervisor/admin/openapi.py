@@ -117,6 +117,8 @@ OPENAPI: dict[str, Any] = {
                     "state": {"enum": ["starting", "running", "restarting", "stopping", "stopped"]},
                     "restarts": {"type": "integer"},
                     "uptime_s": {"type": "number"},
+                    "isolated": {"type": "boolean", "description": "an isolated supervisor's process (isolation = "
+                                 "\"process\"): its children are its subtree's, as its process last wrote them"},
                     "last_exit": {
                         "oneOf": [
                             {"type": "null"},

@@ -8,6 +8,7 @@ Records are converted to JSON only in the handlers (``as_dict``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -151,6 +152,11 @@ class Views(Protocol):
         """The alert receivers and their counts (None: alerts are not part of this port)."""
         ...
 
+    def isolated(self) -> Mapping[str, dict[str, Any]]:
+        """Each isolated subtree's latest status (``isolation = "process"``), by its supervisor's path: ``pid`` (of
+        its process) and ``children`` (their paths under that supervisor's)."""
+        ...
+
 
 class Controls(Protocol):
     """What the admin port may ask for, each behind the token. Errors: ``LookupError`` (no such child, or not one
@@ -215,6 +221,9 @@ class TreePort:
 
     def alerts(self) -> dict[str, Any] | None:
         return None
+
+    def isolated(self) -> Mapping[str, dict[str, Any]]:
+        return {}
 
     async def test_alert(self, name: str) -> tuple[bool, str]:
         raise LookupError("alerts are configured in the daemon's config ([[daemon.alerts]])")

@@ -20,7 +20,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -220,10 +220,27 @@ def heavy(handler: Handler) -> Handler:
     return gated
 
 
+def splice_isolated(doc: dict[str, Any], isolated: Mapping[str, dict[str, Any]]) -> None:
+    """Show an isolated subtree's children under its supervisor's node, as if they were local — when the status its
+    process wrote is this process's (the same pid)."""
+    if not isolated:
+        return
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        sub = isolated.get(node.get("path", ""))
+        if sub is not None and sub.get("pid") == node.get("pid") and node.get("state") == "running":
+            node["isolated"] = True
+            node["children"] = sub.get("children", [])
+        else:
+            stack.extend(node.get("children", []))
+
+
 @heavy
 async def status(request: web.Request) -> web.Response:
     views = request.app[VIEWS]
     doc = views.tree.status().as_dict()
+    splice_isolated(doc, views.isolated())
     doc["isolation"] = views.tree.isolation
     doc["fleet"] = views.cluster() is not None
     alerts = views.alerts()

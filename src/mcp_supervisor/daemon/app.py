@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
+import os
 import signal
 import socket
 import time
@@ -41,7 +42,7 @@ from ..core.cgroups import Cgroups
 from ..telemetry.events import log_events
 from ..telemetry.logs import REDACTOR, LineWriter, close_writers, configure, get_logger, set_tap
 from ..telemetry.metrics import METRICS_REGISTRY, DaemonMetrics, FleetSample
-from . import discovery, exits
+from . import discovery, exits, isolated
 from .alerts import Alerts
 from .builtins import BUILTIN_WORKERS
 from .listeners import HeldSockets, from_systemd
@@ -269,6 +270,15 @@ class Daemon:
 
     def alerts(self) -> dict[str, Any] | None:
         return self._alerts.as_dict()
+
+    def isolated(self) -> dict[str, dict[str, Any]]:
+        """What each isolated subtree's process last wrote of its status (``daemon/isolated.py``)."""
+        out = {}
+        for path in self.config.isolated:
+            doc = isolated.read_status(os.getpid(), path)
+            if doc is not None:
+                out[path] = doc
+        return out
 
     async def test_alert(self, name: str) -> tuple[bool, str]:
         return await self._alerts.test(name)
