@@ -91,7 +91,7 @@ def test_reset_aborts_open_and_new_connections(proxy: FaultProxy) -> None:
         proxy.reset()
         with pytest.raises(ConnectionResetError):
             echo(old)
-        with connect(proxy) as new, pytest.raises((ConnectionResetError, BrokenPipeError)):
+        with pytest.raises((ConnectionResetError, BrokenPipeError)), connect(proxy) as new:  # (even at connect)
             echo(new)
 
 
