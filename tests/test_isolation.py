@@ -34,6 +34,17 @@ def fragile(config):
         os.abort()  # the interpreter dies with SIGABRT
     return run
 
+def hog(config):
+    async def run(ctx):
+        ctx.started()
+        while not os.path.exists(config["trigger"]):
+            await asyncio.sleep(0.02)
+        held = []
+        while True:  # a leak: 20 MB every 50 ms, touched so that it is resident
+            held.append(bytearray(20 * 2**20))
+            await asyncio.sleep(0.05)
+    return run
+
 def stubborn(config):
     async def run(ctx):
         ctx.started()
@@ -184,3 +195,20 @@ def _has(d: Daemon, path: str) -> bool:
         return bool(d.node(path)["state"] == "running")
     except KeyError:
         return False
+
+
+def test_an_isolated_subtree_over_its_max_memory_is_restarted_with_that_reason(tmp_path: Path) -> None:
+    text = config(tmp_path, "hog").replace("shutdown = 1\n", 'shutdown = 1\nmax_memory = "300M"\nmemory_check = 0.1\n')
+    (tmp_path / "isoworkers.py").write_text(WORKERS)
+    d = Daemon(tmp_path, text, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        d.wait_ready()
+        iso, local = d.node("iso"), d.node("local")
+        (tmp_path / "trigger").touch()
+        wait_until(lambda: d.node("iso")["pid"] != iso["pid"], 30, "the leaking subtree restarted")
+        (tmp_path / "trigger").unlink()
+        node = restarted(d, iso["pid"])
+        assert node["last_exit"]["detail"].startswith("max_memory: resident"), node["last_exit"]
+        assert d.node("local")["pid"] == local["pid"]
+    finally:
+        d.stop()

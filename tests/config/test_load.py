@@ -213,3 +213,11 @@ def test_an_isolated_supervisor_is_one_process_child_and_its_subtree_is_kept_for
     assert "iso/db" not in cfg.entries and cfg.entries["iso"].kind == "process"
     with pytest.raises(ConfigError, match=r'tree\.children\[0\]\.isolation: must be "none" or "process"'):
         parse_config(text.replace('"process"', '"thread"'), "f.toml")
+
+
+def test_process_keys_of_a_supervisor_need_its_isolation() -> None:
+    text = '[tree]\n[[tree.children]]\nid = "grp"\nmax_memory = "1G"\n[[tree.children.children]]\nid = "db"\nworker = "postgres"\n'
+    with pytest.raises(ConfigError, match=r"tree\.children\[0\]\.max_memory: applies only to an isolated supervisor"):
+        parse_config(text, "f.toml")
+    iso = parse_config(text.replace('id = "grp"', 'id = "grp"\nisolation = "process"'), "f.toml").tree.children[0]
+    assert isinstance(iso, ProcessSpec) and iso.max_memory == 2**30

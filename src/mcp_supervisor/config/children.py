@@ -27,7 +27,7 @@ from ..core import (
 from ..core.specs import shutdown_timeout
 from .envfile import env_files, read_env_files
 from .model import LOG_BYTES, LOG_LINES, ChildEntry, Singleton, WorkerFactory
-from .processes import PROCESS_KEYS, process_specs
+from .processes import PROCESS_KEYS, os_options, process_specs
 from .reader import Reader, check_keys, numbers
 from .settings import SettingError, is_secret_key, kind_of, show
 
@@ -40,7 +40,9 @@ SUP_FLAGS = {"strategy", "intensity", "period", "auto_shutdown"}
 _LOGS = {"log_lines", "log_bytes"}  # the output ring's bounds: changing them restarts nothing
 _WORKER = _COMMON | _LOGS | {"worker", "config", "start_timeout"}
 _PROCESS = _COMMON | _LOGS | PROCESS_KEYS
-_SUPERVISOR = _COMMON | SUP_FLAGS | {"children", "isolation"}
+_ISOLATED_OS = {"limits", "max_memory", "memory_check", "user", "group", "umask"}
+"""What an isolated supervisor's process takes of an OS process's keys (its process, its limits)."""
+_SUPERVISOR = _COMMON | SUP_FLAGS | {"children", "isolation"} | _ISOLATED_OS
 ISOLATED_READY = "mcp-supervisor isolated subtree: ready"
 """The line an isolated subtree's process prints once its tree has started (its readiness)."""
 
@@ -175,7 +177,9 @@ def child(  # noqa: C901, PLR0912, PLR0915 - one child table: each key is checke
             own = _fingerprint(table, {"children", "start_retries"} | SUP_FLAGS)
             entries[path] = ChildEntry(path=path, kind="supervisor", fingerprint=own, flags=flags)
             if _isolation(ctx, table, key, singleton is not None) == "process":
-                spec = _isolate(ctx, table, path, spec, entries)
+                spec = _isolate(ctx, table, key, path, spec, entries)
+            elif extra := sorted(_ISOLATED_OS & set(table)):
+                raise ctx.error(f"{key}.{extra[0]}", 'applies only to an isolated supervisor (isolation = "process")')
     except SpecError as e:
         raise ctx.error(f"{key}.{e.field}", e.reason) from None
     if singleton is not None:
@@ -192,8 +196,8 @@ def _isolation(ctx: Reader, table: Mapping[str, Any], key: str, singleton: bool)
     return str(value)
 
 
-def _isolate(
-    ctx: Reader, table: Mapping[str, Any], path: str, spec: SupervisorSpec, entries: dict[str, ChildEntry]
+def _isolate(  # noqa: PLR0917
+    ctx: Reader, table: Mapping[str, Any], key: str, path: str, spec: SupervisorSpec, entries: dict[str, ChildEntry]
 ) -> ProcessSpec:
     """``isolation = "process"``: the subtree runs in a Python process of its own (``mcp_supervisor.daemon.isolated``,
     which loads this same file and runs ``spec`` as its tree), supervised here as one OS child: ready when its tree
@@ -205,11 +209,13 @@ def _isolate(
     # an isolated subtree is killable: "infinity" (a supervisor's default) becomes 30 s, then SIGKILL
     budget = shutdown_timeout(spec.shutdown)
     shutdown = 30.0 if budget is None else budget
+    own = numbers({k: table[k] for k in _ISOLATED_OS if k in table}, ("max_memory", "memory_check", "umask"))
+    options = os_options(ctx, own, key, None, None)  # its process's limits, memory, user
     return ProcessSpec(
         id=spec.id, restart=spec.restart, significant=spec.significant, backoff=spec.backoff,
         shutdown=shutdown, start_retries=spec.start_retries,
         command=[sys.executable, "-m", "mcp_supervisor.daemon.isolated", os.path.abspath(ctx.file), path],
-        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0),
+        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0), **options,
     )  # fmt: skip
 
 

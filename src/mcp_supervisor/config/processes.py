@@ -156,7 +156,7 @@ def _held_sockets(ctx: Reader, names: Any, key: str, sockets: set[str] | None) -
     return names
 
 
-def _os_options(
+def os_options(
     ctx: Reader, table: dict[str, Any], key: str, instances: int | None, sockets: set[str] | None
 ) -> dict[str, Any]:
     """The OS-process options of a table (signals, pidfile, limits, memory, user, umask, held sockets)."""
@@ -200,7 +200,7 @@ def process_specs(  # noqa: PLR0917
     """The spec(s) of one OS-process table: one child, or ``instances`` of them (``id#i``) and their set."""
     table = numbers(table, ("instances", "max_memory", "memory_check", "umask"))
     instances, mode = _replication(ctx, table, key, common["id"])
-    options = _os_options(ctx, table, key, instances, sockets)
+    options = os_options(ctx, table, key, instances, sockets)
 
     def build(t: Mapping[str, Any], cid: str) -> ProcessSpec:
         try:
