@@ -13,6 +13,7 @@ ports; ``mcp_supervisor.testing.daemon`` runs ``mcp-supervisor run`` as a subpro
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -134,7 +135,21 @@ def wait_until(cond: Any, timeout: float = 15.0, what: str = "condition") -> Any
 
 
 def free_port() -> int:
-    """A loopback TCP port nobody listens on now."""
+    """A loopback TCP port nobody listens on now, below the kernel's ephemeral range: an outgoing connection or a
+    port-0 bind elsewhere (another test's proxy, a client) cannot take it before it is used."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    for _ in range(200) if first > 11000 else ():
+        port = 10000 + random.randrange(first - 10000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
