@@ -93,17 +93,19 @@ def fleet(pg: PgServer, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
     schema = f"fleet_{os.getpid()}_{int(time.monotonic() * 1000) % 10**6}"
     prefer = getattr(request, "param", "")
     query(pg, "DROP TABLE IF EXISTS fenced, fenced_log")
-    nodes = []
-    for name in NAMES:
-        (tmp_path / name).mkdir()
-        nodes.append(Daemon(tmp_path / name, toml(pg, name, schema, prefer)))
-    for d in nodes:
-        d.wait_ready()
-    yield nodes
-    for d in nodes:
-        if d.proc.poll() is None:
-            os.kill(d.proc.pid, signal.SIGCONT)
-        d.stop()
+    nodes: list[Daemon] = []
+    try:  # a node that fails to start must not leave the others running
+        for name in NAMES:
+            (tmp_path / name).mkdir()
+            nodes.append(Daemon(tmp_path / name, toml(pg, name, schema, prefer)))
+        for d in nodes:
+            d.wait_ready()
+        yield nodes
+    finally:
+        for d in nodes:
+            if d.proc.poll() is None:
+                os.kill(d.proc.pid, signal.SIGCONT)
+            d.stop()
 
 
 def query(pg: PgServer, sql: str, *args: Any) -> list[Any]:
