@@ -754,7 +754,7 @@ async def alerts(admin: Admin, args: argparse.Namespace, out: TextIO) -> int:
 def render_alerts(doc: dict[str, Any]) -> str:
     receivers = doc.get("receivers", [])
     if not receivers:
-        return "no alerts configured (add [[daemon.alerts]] to the config: docs/alerts.md)"
+        return "no alerts configured (add [[daemon.alerts]] to the config: docs/forensics.md)"
     rows = [("name", "receiver", "on", "sent", "failed", "dropped", "last")]
     for r in receivers:
         if r["up"] is None:
