@@ -75,6 +75,9 @@ worker = "isoworkers:steady"
 id = "risky"
 worker = "isoworkers:{worker}"
 config = {{ trigger = "{tmp / "trigger"}" }}
+[[tree.children.children]]
+id = "tick"
+command = ["sh", "-c", "echo hello from inside; trap 'echo got HUP' HUP; while :; do sleep 0.2; done"]
 """
 
 
@@ -121,8 +124,10 @@ def test_an_aborting_worker_takes_down_its_isolated_process_only(tmp_path: Path)
         assert node["last_exit"]["detail"].startswith("killed by SIGABRT"), node["last_exit"]
         assert d.node("local")["pid"] == local["pid"]  # its sibling untouched
         assert worst < 100, f"/livez took {worst:.0f} ms"
-        logs = d.request("GET", "/children/iso/logs")[1]
-        assert "ChildStarted iso/calm" in str(logs) and "ChildStarted iso/risky" in str(logs), logs
+        started = {e["path"] for e in d.events("ChildStarted")}  # its tree's events are the daemon's own
+        assert {"iso/calm", "iso/risky"} <= started, started
+        exited = [e for e in d.events("ChildExited") if e["path"] == "iso"]
+        assert exited and "SIGABRT" in str(exited[-1]["reason"]), exited
     finally:
         d.stop()
 
@@ -157,19 +162,27 @@ def test_kill_9_of_the_daemon_leaves_no_isolated_interpreter(tmp_path: Path) -> 
     wait_until(lambda: not alive(iso), 10, "the isolated process gone with the daemon")
 
 
-def test_a_reload_restarts_the_isolated_process_only_when_its_table_changed(tmp_path: Path) -> None:
+def test_a_reload_applies_the_difference_inside_and_restarts_the_process_only_when_its_own_keys_changed(
+    tmp_path: Path,
+) -> None:
     d = daemon(tmp_path, "steady")
     try:
-        iso, local = d.node("iso")["pid"], d.node("local")["pid"]
+        iso, local, tick = d.node("iso")["pid"], d.node("local")["pid"], d.node("iso/tick")["pid"]
         code, doc, _ = d.request("POST", "/reload?wait=1")
         assert code == 200 and doc["changes"] == [], doc
         assert d.node("iso")["pid"] == iso
         d.config.write_text(d.config.read_text().replace('id = "calm"', 'id = "calm2"'))
         code, doc, _ = d.request("POST", "/reload?wait=1")
-        assert code == 200 and {"path": "iso", "change": "changed"} in doc["changes"], doc
+        assert code == 200, doc
+        assert {(c["path"], c["change"]) for c in doc["changes"]} == {("iso/calm", "removed"), ("iso/calm2", "added")}
+        assert d.node("iso")["pid"] == iso and d.node("iso/tick")["pid"] == tick  # applied inside, by difference
+        wait_until(lambda: _has(d, "iso/calm2") and not _has(d, "iso/calm"), 10, "the status to show the change")
+        d.config.write_text(d.config.read_text().replace("shutdown = 1\n", "shutdown = 2\n"))  # its own key
+        code, doc, _ = d.request("POST", "/reload?wait=1")
+        assert code == 200 and ("iso", "changed") in {(c["path"], c["change"]) for c in doc["changes"]}, doc
         new = restarted(d, iso)
-        assert "ChildStarted iso/calm2" in str(d.request("GET", "/children/iso/logs")[1])
         assert new["pid"] != iso and d.node("local")["pid"] == local
+        assert d.node("iso/calm2")["state"] == "running"
     finally:
         d.stop()
 
@@ -210,5 +223,33 @@ def test_an_isolated_subtree_over_its_max_memory_is_restarted_with_that_reason(t
         node = restarted(d, iso["pid"])
         assert node["last_exit"]["detail"].startswith("max_memory: resident"), node["last_exit"]
         assert d.node("local")["pid"] == local["pid"]
+    finally:
+        d.stop()
+
+
+def test_ctl_reaches_inside_an_isolated_subtree(tmp_path: Path) -> None:
+    """restart, stop, start, signal and logs of a child inside: done by its process, answered as for a local one."""
+    d = daemon(tmp_path, "steady")
+    try:
+        iso, tick = d.node("iso")["pid"], d.node("iso/tick")["pid"]
+        r = d.ctl("restart", "iso/tick")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"iso/tick: restarted (pid {tick} → " in r.stdout, r.stdout
+        wait_until(lambda: d.node("iso/tick")["pid"] != tick, 10, "the status to show the new pid")
+        assert d.node("iso")["pid"] == iso  # the isolated process itself untouched
+        r = d.ctl("signal", "iso/tick", "HUP")
+        assert r.returncode == 0 and "iso/tick: sent SIGHUP" in r.stdout, r.stdout + r.stderr
+        wait_until(lambda: "got HUP" in d.ctl("logs", "iso/tick").stdout, 10, "the trap's line in ctl logs")
+        assert "hello from inside" in d.ctl("logs", "iso/tick").stdout
+        r = d.ctl("stop", "iso/tick")
+        assert r.returncode == 0 and "iso/tick: stopped" in r.stdout, r.stdout + r.stderr
+        wait_until(lambda: d.node("iso/tick")["state"] != "running", 10, "stopped in the status")
+        r = d.ctl("start", "iso/tick")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = d.ctl("restart", "iso/nosuch")
+        assert r.returncode == 1 and "iso/nosuch" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "nosuch" in (r.stdout + r.stderr)
+        exits = [e for e in d.events("ChildExited") if e["path"] == "iso/tick"]
+        assert len(exits) == 2 and all("stopped by SIGTERM" in str(e["reason"]) for e in exits), exits
     finally:
         d.stop()

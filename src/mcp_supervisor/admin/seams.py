@@ -180,6 +180,12 @@ class Controls(Protocol):
 
     async def move(self, path: str, node: str) -> None: ...
 
+    async def inside(self, path: str, action: str, **args: Any) -> dict[str, Any] | None:
+        """``restart``, ``stop``, ``start`` or ``signal`` (``signal``, ``group``) of a child inside an isolated
+        subtree, done by its process: ``previous_pid`` and ``child`` (or ``pid``); None when ``path`` is not inside
+        one."""
+        ...
+
     async def test_alert(self, name: str) -> tuple[bool, str]:
         """Send a test alert to the receiver ``name`` now: whether it went, and its error if not."""
         ...
@@ -224,6 +230,9 @@ class TreePort:
 
     def isolated(self) -> Mapping[str, dict[str, Any]]:
         return {}
+
+    async def inside(self, path: str, action: str, **args: Any) -> dict[str, Any] | None:
+        return None
 
     async def test_alert(self, name: str) -> tuple[bool, str]:
         raise LookupError("alerts are configured in the daemon's config ([[daemon.alerts]])")

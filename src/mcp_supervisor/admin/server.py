@@ -369,7 +369,7 @@ async def _child_action_guarded(request: web.Request) -> web.Response:
     if action == "scale":
         return await _scale(request, path)
     if action == "signal":
-        return _signal(request, path)
+        return await _signal(request, path)
     if "signal" in request.query or "group" in request.query:
         return error(request, 400, "signal and group apply only to the signal action")
     rolling = _flag(request, "rolling", False)
@@ -385,6 +385,10 @@ async def _child_action_guarded(request: web.Request) -> web.Response:
             code = 200 if result.ok else 409
             return reply(request, {"path": path, "action": "restart", "child": None, "rolling": True,
                                    "status": code, **result.as_dict()}, code)  # fmt: skip
+        inside = await controls.inside(path, action)  # a child of an isolated subtree: its process does it
+        if inside is not None:
+            return reply(request, {"path": path, "action": action, "previous_pid": inside.get("previous_pid"),
+                                   "child": inside.get("child")})  # fmt: skip
         before = tree.child(path)
         previous_pid = before.pid if before.alive else None
         if action == "stop":
@@ -403,16 +407,17 @@ async def _child_action_guarded(request: web.Request) -> web.Response:
     return reply(request, doc)
 
 
-def _signal(request: web.Request, path: str) -> web.Response:
+async def _signal(request: web.Request, path: str) -> web.Response:
     name = request.query.get("signal", "")
     sig = signal_number(name)
     if sig is None:
         return error(request, 400, f"signal must be a signal name or number (HUP, SIGUSR1, 10...), got {name[:20]!r}")
     group = _flag(request, "group", False)
     try:
-        pid = request.app[VIEWS].tree.signal(path, sig, group)
-    except NoSuchPath as e:
-        return error(request, 404, str(e))
+        inside = await request.app[CONTROLS].inside(path, "signal", signal=sig, group=group)
+        pid = inside["pid"] if inside is not None else request.app[VIEWS].tree.signal(path, sig, group)
+    except (NoSuchPath, LookupError) as e:
+        return error(request, 404, str(e.args[0]) if e.args else str(e))
     except (OperationError, NotRunning) as e:
         return error(request, 409, str(e))
     name = signal.Signals(sig).name

@@ -201,11 +201,12 @@ def _isolate(  # noqa: PLR0917
 ) -> ProcessSpec:
     """``isolation = "process"``: the subtree runs in a Python process of its own (``mcp_supervisor.daemon.isolated``,
     which loads this same file and runs ``spec`` as its tree), supervised here as one OS child: ready when its tree
-    has started, stopped with SIGTERM then SIGKILL after ``shutdown``. Any change in its table restarts it."""
+    has started, stopped with SIGTERM then SIGKILL after ``shutdown``. A change of its own keys restarts it; a
+    change of its children (or its strategy and intensity) is applied by difference inside it (``Config.subtree``:
+    its children's entries stay here, under their paths)."""
     ctx.isolated[path] = spec
-    for p in [p for p in entries if p.startswith(path + "/")]:
-        del entries[p]  # its children live in the other process
-    entries[path] = ChildEntry(path=path, kind="process", fingerprint=_fingerprint(table, set()))
+    fingerprint = _fingerprint(table, {"children"} | SUP_FLAGS)
+    entries[path] = ChildEntry(path=path, kind="process", fingerprint=fingerprint, flags=spec.flags)
     # an isolated subtree is killable: "infinity" (a supervisor's default) becomes 30 s, then SIGKILL
     budget = shutdown_timeout(spec.shutdown)
     shutdown = 30.0 if budget is None else budget
@@ -215,7 +216,7 @@ def _isolate(  # noqa: PLR0917
         id=spec.id, restart=spec.restart, significant=spec.significant, backoff=spec.backoff,
         shutdown=shutdown, start_retries=spec.start_retries,
         command=[sys.executable, "-m", "mcp_supervisor.daemon.isolated", os.path.abspath(ctx.file), path],
-        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0), **options,
+        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0), control=True, **options,
     )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -172,3 +173,15 @@ class Config:
     """Values the config marks or names as secret: what the daemon redacts from everything it writes."""
     warnings: tuple[str, ...] = ()
     includes: tuple[str, ...] = ()  # the files `include` read, in order
+
+    def subtree(self, path: str) -> Config:
+        """The isolated subtree at ``path`` as a config of its own (as its process runs it): its supervisor the
+        root, its children's entries and replica sets by their paths under it."""
+        cut = len(path) + 1
+
+        def under(keys: Mapping[str, Any]) -> dict[str, Any]:
+            return {k[cut:]: v for k, v in keys.items() if k.startswith(path + "/")}
+
+        own = dataclasses.replace(self.entries[path], path="", kind="supervisor")
+        return dataclasses.replace(self, tree=self.isolated[path], entries={"": own, **under(self.entries)},
+                                   replicas=under(self.replicas), singletons={}, isolated={})  # fmt: skip

@@ -49,7 +49,7 @@ from .events import (
 )
 from .forensics import Cause, Certainty, Episode, ExitRecord
 from .loopwatch import LAG_BUCKETS, Blocked, LoopBlocked, LoopWatch
-from .mailbox import Call, Cast, Mailbox, MailboxStatistics, Message
+from .mailbox import Call, Cast, Mailbox, MailboxStatistics, Message, Remote
 from .specs import (
     BRUTAL_KILL,
     INFINITY,
@@ -126,6 +126,7 @@ __all__ = [
     "ReadyCommand",
     "ReadyOutput",
     "ReadyTCP",
+    "Remote",
     "Resources",
     "Restart",
     "RestartScheduled",

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .events import Event, EventBus, Subscription
-from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, Message, Registry, mailbox_of
+from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, Message, Registry, Remote, call_in, cast_in
 from .state import ChildView
 
 T = TypeVar("T")
@@ -41,6 +41,7 @@ class Host(Protocol):
     registry: Registry
     mailboxes: dict[str, Mailbox]
     extensions: dict[Key[Any], Any]
+    remote: Remote | None  # where calls to targets not in this tree go (an isolated subtree's other side)
 
     def now(self) -> float: ...
 
@@ -154,11 +155,14 @@ class ChildContext(Generic[H]):
         self._names.append(name)
 
     async def call(self, target: str, payload: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
-        """Call a registered name or a child path."""
-        return await mailbox_of(self._host.registry, self._host.mailboxes, target).call(payload, timeout)
+        """Call a registered name or a child path — in this tree, or across an isolated subtree's boundary (JSON
+        messages there)."""
+        host = self._host
+        return await call_in(host.registry, host.mailboxes, host.remote, target, payload, timeout)
 
     async def cast(self, target: str, payload: Any) -> None:
-        await mailbox_of(self._host.registry, self._host.mailboxes, target).cast(payload)
+        host = self._host
+        await cast_in(host.registry, host.mailboxes, host.remote, target, payload)
 
     # -- the rest of the tree --------------------------------------------------------------------------------
     async def handle(self, path: str, wait: float = 0.0) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from .clock import Sweeper
 from .errors import CalleeExited, CallTimeout, MailboxFull, NotRunning, OperationError
@@ -236,3 +236,45 @@ def mailbox_of(registry: Registry, mailboxes: dict[str, Mailbox], target: str) -
     if mb is None or mb.closed:
         raise NotRunning(f"nothing running as {target!r} (unknown, restarting or without a mailbox)")
     return mb
+
+
+class Remote(Protocol):
+    """Where a call or cast goes when nothing in this tree answers to its target: the tree of another process (an
+    isolated subtree's, or the daemon's seen from one). It raises what a local mailbox would: ``NotRunning``,
+    ``CallTimeout``, ``CalleeExited``, ``MailboxFull``."""
+
+    async def call(self, target: str, payload: Any, timeout: float | None) -> Any: ...
+
+    async def cast(self, target: str, payload: Any) -> None: ...
+
+
+async def call_in(  # noqa: PLR0917
+    registry: Registry,
+    mailboxes: dict[str, Mailbox],
+    remote: Remote | None,
+    target: str,
+    payload: Any,
+    timeout: float | None,
+) -> Any:
+    """Call ``target`` here, or — when nothing here answers to it — through ``remote``."""
+    try:
+        mb = mailbox_of(registry, mailboxes, target)
+    except NotRunning:
+        if remote is None:
+            raise
+        return await remote.call(target, payload, timeout)
+    return await mb.call(payload, timeout)
+
+
+async def cast_in(
+    registry: Registry, mailboxes: dict[str, Mailbox], remote: Remote | None, target: str, payload: Any
+) -> None:
+    """Cast to ``target`` here, or — when nothing here answers to it — through ``remote``."""
+    try:
+        mb = mailbox_of(registry, mailboxes, target)
+    except NotRunning:
+        if remote is None:
+            raise
+        await remote.cast(target, payload)
+        return
+    await mb.cast(payload)

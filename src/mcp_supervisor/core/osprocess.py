@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections import deque
 from collections.abc import Mapping
@@ -82,6 +83,7 @@ class OsProcess:
         self.core_dumped = False
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # its last output lines, for the exit record
         self.kill_group_on_exit = True  # a launcher whose program daemonized itself leaves its group alone
+        self.control: socket.socket | None = None  # our end of its control channel (ProcessSpec.control)
         self._escapes = escapes
         self._loop = loop
         self._popen = popen
@@ -150,26 +152,38 @@ class OsProcess:
         env = child_env(spec)
         resolve_program(spec, env)  # a clear start failure now, not an exit code from the exec later
         cgroup = cgroups.create(path) if cgroups is not None else None
+        ours = theirs = None
         try:
             argv, fds, preexec = launch(spec, sockets or {}, cgroup)
+            if spec.control:  # its end keeps its number (pass_fds): the process finds it in MCP_CONTROL_FD
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                fds = (*fds, theirs.fileno())
+                env["MCP_CONTROL_FD"] = str(theirs.fileno())
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=spec.cwd,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=fds,
+                umask=-1 if spec.umask is None else spec.umask,
+                preexec_fn=preexec,  # noqa: PLW1509 - prctl only, no locks taken; None when setpriv does it
+            )
         except BaseException:
             if cgroup is not None:
                 Cgroups.remove(cgroup)
+            if ours is not None:
+                ours.close()
             raise
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=spec.cwd,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=fds,
-            umask=-1 if spec.umask is None else spec.umask,
-            preexec_fn=preexec,  # noqa: PLW1509 - prctl only, no locks taken; None when setpriv does it
-        )
-        return cls(popen, path, bus, guardian, escapes, spec.stop_signal, cgroup)
+        finally:
+            if theirs is not None:
+                theirs.close()
+        proc = cls(popen, path, bus, guardian, escapes, spec.stop_signal, cgroup)
+        proc.control = ours
+        return proc
 
     # -- output --------------------------------------------------------------------------------------------
     def _on_output(self, fd: int) -> None:

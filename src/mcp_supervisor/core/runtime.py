@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from .cgroups import Cgroups
@@ -19,7 +19,7 @@ from .context import Key
 from .errors import NoSuchPath, NotRunning
 from .escapes import Escapes
 from .events import EventBus
-from .mailbox import Mailbox, Registry
+from .mailbox import Mailbox, Registry, Remote
 from .process import Guardian
 from .state import ChildView, State
 
@@ -43,6 +43,8 @@ class Runtime:
         self.cgroups: Cgroups | None = None  # a delegated cgroup v2 subtree: one cgroup per OS child
         self.sockets: dict[str, socket.socket] = {}  # listening sockets the tree holds for its OS children, by name
         self.extensions: dict[Key[Any], Any] = {}  # what the composition root shares with workers
+        self.remote: Remote | None = None  # calls and casts to targets not in this tree (Tree.connect)
+        self.on_control: Callable[[str, socket.socket], None] | None = None  # an OS child's control socket
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # path -> callers of handle() waiting for it
 
     def now(self) -> float:

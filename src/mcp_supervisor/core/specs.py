@@ -320,6 +320,7 @@ class ProcessSpec(_Common):
     max_memory: int | None = None  # bytes of resident memory of the whole process group
     memory_check: float = 1.0  # seconds between two looks at max_memory (two in a row above it: restart)
     live: Liveness | None = None
+    control: bool = False  # a control channel: a connected unix socket, fd $MCP_CONTROL_FD in the process
     kind: Literal["process"] = field(default="process", init=False)
 
     def __post_init__(self) -> None:

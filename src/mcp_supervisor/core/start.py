@@ -50,9 +50,15 @@ def _start_timed_out(ready: asyncio.Future[Any]) -> None:
         ready.set_exception(_StartTimeout())
 
 
-def _spawned(child: Child, proc: OsProcess) -> None:
+def _spawned(child: Child, rt: Runtime, proc: OsProcess) -> None:
     child.proc = proc
     child.pid = proc.pid
+    if proc.control is not None:  # handed over once: the other side owns it from now on
+        control, proc.control = proc.control, None
+        if rt.on_control is not None:
+            rt.on_control(child.path, control)
+        else:
+            control.close()
 
 
 class Starter:
@@ -193,7 +199,7 @@ class Starter:
                     rt.bus,
                     rt.get_guardian(),
                     rt.escapes,
-                    partial(_spawned, child),
+                    partial(_spawned, child, rt),
                     rt.sockets,
                     rt.cgroups,
                 )

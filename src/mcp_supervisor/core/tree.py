@@ -7,7 +7,7 @@ import dataclasses
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ from .escapes import Escapes, become_subreaper
 from .events import BusStatistics, EscapeeKilled, EventBus, ExitReason, SpecWarning
 from .forensics import Episode, ExitRecord, diagnose
 from .loopwatch import Blocked, LoopWatch
-from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, mailbox_of
+from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, Remote, call_in, cast_in, mailbox_of
 from .runtime import Runtime
 from .specs import ChildSpec, ProcessSpec, SupervisorSpec
 from .state import ChildCounts, NodeStatus, State
@@ -270,10 +270,19 @@ class Tree:
         return mailbox_of(self.rt.registry, self.rt.mailboxes, target)
 
     async def call(self, target: str, payload: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
-        return await self.mailbox(target).call(payload, timeout)
+        rt = self.rt
+        return await call_in(rt.registry, rt.mailboxes, rt.remote, target, payload, timeout)
 
     async def cast(self, target: str, payload: Any) -> None:
-        await self.mailbox(target).cast(payload)
+        rt = self.rt
+        await cast_in(rt.registry, rt.mailboxes, rt.remote, target, payload)
+
+    def connect(self, remote: Remote | None, on_control: Callable[[str, socket.socket], None] | None) -> None:
+        """Another process's tree: ``remote`` takes the calls and casts to targets this tree does not have;
+        ``on_control`` is given the control socket of each OS child that asked for one (``ProcessSpec.control``),
+        as it spawns (else the socket is closed)."""
+        self.rt.remote = remote
+        self.rt.on_control = on_control
 
     async def handle(self, path: str, wait: float = 0.0) -> Any:
         return await self.rt.handle(path, wait)

@@ -15,11 +15,10 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
-import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +41,13 @@ from ..core.cgroups import Cgroups
 from ..telemetry.events import log_events
 from ..telemetry.logs import REDACTOR, LineWriter, close_writers, configure, get_logger, set_tap
 from ..telemetry.metrics import METRICS_REGISTRY, DaemonMetrics, FleetSample
-from . import discovery, exits, isolated
+from . import discovery, exits
 from .alerts import Alerts
 from .builtins import BUILTIN_WORKERS
 from .listeners import HeldSockets, from_systemd
 from .reload import apply_difference, log_limits
 from .replicas import roll, scale
+from .subtrees import Subtrees
 from .systemd import Notifier
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class Daemon:
         self.log: Any = get_logger()
         self.tree = Tree(cfg.tree, subreaper=True)
         self.tree.use_cgroups(Cgroups.detect())  # a delegated cgroup v2 subtree when systemd gave us one
+        self.subtrees = Subtrees(self.tree, lambda: self.config.isolated)  # isolation = "process": their channels
         self.fleet: ClusterAgent | None = None
         if cfg.cluster is not None:  # fleet mode needs asyncpg (the [postgres] extra): imported only then
             from .cluster import ClusterAgent
@@ -243,6 +244,7 @@ class Daemon:
         self.draining = True
         began = time.monotonic()
         report = await self.tree.stop()
+        await self.subtrees.close()
         self.log.info("stopped", took_s=round(time.monotonic() - began, 3), unstopped=list(report.unstopped))
 
     def _on_stop_signal(self, sig: int) -> None:
@@ -271,14 +273,12 @@ class Daemon:
     def alerts(self) -> dict[str, Any] | None:
         return self._alerts.as_dict()
 
-    def isolated(self) -> dict[str, dict[str, Any]]:
-        """What each isolated subtree's process last wrote of its status (``daemon/isolated.py``)."""
-        out = {}
-        for path in self.config.isolated:
-            doc = isolated.read_status(os.getpid(), path)
-            if doc is not None:
-                out[path] = doc
-        return out
+    def isolated(self) -> Mapping[str, dict[str, Any]]:
+        """What each isolated subtree's process last told of its status (over its control channel)."""
+        return self.subtrees.views()
+
+    async def inside(self, path: str, action: str, **args: Any) -> dict[str, Any] | None:
+        return await self.subtrees.act(path, action, **args)
 
     async def test_alert(self, name: str) -> tuple[bool, str]:
         return await self._alerts.test(name)
@@ -380,6 +380,8 @@ class Daemon:
                 self._hold_sockets(new)  # new names are bound before a child that lists them starts
                 keep = self.fleet.held() if self.fleet is not None else []
                 changes = await apply_difference(self.tree, old, new, keep)
+                # a kept isolated subtree applies its own difference (a restarted one read the new file already)
+                changes += await self.subtrees.reload([p for p in new.isolated if p in old.isolated])
             except Exception as e:  # noqa: BLE001 - report, keep running
                 return self._reload_failed("reload failed while applying", describe(e))
             self.config = new

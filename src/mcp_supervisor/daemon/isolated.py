@@ -5,32 +5,35 @@ loads the same config file the daemon loaded, takes the subtree at ``PATH`` (the
 ``Config.isolated``) and runs it as its own :class:`~mcp_supervisor.core.Tree`, on its own event loop, in its own
 interpreter: a worker that blocks the loop, crashes the interpreter or leaks memory takes down this process only,
 and the parent restarts it by its restart rules. It prints :data:`~mcp_supervisor.config.children.ISOLATED_READY`
-once its tree has started (the parent's readiness), one line per event of its tree (the parent shows them as this
-child's output: ``ctl logs PATH``), exits 0 when stopped (SIGTERM: its tree stops within its budget) and 1 when its
-tree's root gave up. Launched through the parent's launch chain, it dies with the parent (parent-death signal) and
-the parent's guardian takes it, and everything below it, on ``kill -9`` of the daemon.
+once its tree has started (the parent's readiness), exits 0 when stopped (SIGTERM: its tree stops within its
+budget) and 1 when its tree's root gave up. Launched through the parent's launch chain, it dies with the parent
+(parent-death signal) and the parent's guardian takes it, and everything below it, on ``kill -9`` of the daemon.
+
+Over its control channel (fd ``$MCP_CONTROL_FD``, the framed protocol of :mod:`.link`) it tells the daemon its
+tree's events and status (the daemon shows its children as its own: ``/status``, ``/events``, ``ctl logs``) and
+answers the daemon's requests: an operator's restart, stop, start or signal of a child inside, a reload (applied by
+difference), and calls and casts to its workers; its workers' calls and casts to targets it does not have go to the
+daemon. Run by hand (no channel), it prints its events as lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import signal
+import socket
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 from ..config.children import ISOLATED_READY
 from ..core import (
     ChildExited,
     ChildStarted,
     Event,
     FailedToStartChild,
+    LoopBlocked,
     OperationError,
     ProcessOutput,
     RestartScheduled,
@@ -39,86 +42,134 @@ from ..core import (
     describe,
 )
 from .builtins import BUILTIN_WORKERS
+from .link import Link, call_over, cast_over, event_doc
+from .reload import apply_difference
 
-SHOWN = (ChildStarted, ChildExited, RestartScheduled, StartFailed)
-"""The events printed as lines (the parent keeps them in this child's output)."""
-
-
-def status_file(daemon_pid: int, path: str) -> Path:
-    """Where the isolated subtree at ``path`` of the daemon ``daemon_pid`` writes its status (the daemon's
-    ``/status`` shows its children from it)."""
-    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"mcp-supervisor-{os.getuid()}" / "isolated" / f"{daemon_pid}-{digest}.json"
+CHANGES = (ChildStarted, ChildExited, RestartScheduled, StartFailed)
+"""The events after which the daemon is sent the status again (and, run by hand, that are printed)."""
 
 
-def read_status(daemon_pid: int, path: str) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(status_file(daemon_pid, path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc
-
-
-def _prefixed(node: dict[str, Any], path: str) -> dict[str, Any]:
+def prefixed(node: dict[str, Any], path: str) -> dict[str, Any]:
+    """A status node of this process's tree, its paths (and its children's) under the isolated supervisor's."""
     out = dict(node)
     out["path"] = f"{path}/{node['path']}" if node.get("path") else path
-    out["children"] = [_prefixed(c, path) for c in node.get("children", [])]
+    out["children"] = [prefixed(c, path) for c in node.get("children", [])]
     return out
 
 
-def _write_status(tree: Tree, path: str) -> None:
-    """This process's subtree, its paths under the isolated supervisor's, for the parent (atomic replace)."""
-    target = status_file(os.getppid(), path)
-    with contextlib.suppress(OSError):
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        doc = _prefixed(tree.status().as_dict(), path)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "children": doc["children"]}), encoding="utf-8")
-        os.replace(tmp, target)
-
-
 def line(path: str, ev: Event) -> str:
-    """One event as a line, its path under the isolated supervisor's."""
+    """One event as a line, its path under the isolated supervisor's (run by hand, without a control channel)."""
     where = f"{path}/{ev.path}" if ev.path else path
     extra: dict[str, Any] = {}
     if isinstance(ev, ChildStarted):
         extra = {"pid": ev.pid, "restarts": ev.restarts}
-    elif isinstance(ev, ChildExited):
+    elif isinstance(ev, ChildExited | StartFailed):
         extra = {"reason": str(ev.reason)}
     elif isinstance(ev, RestartScheduled):
         extra = {"delay_s": round(ev.delay_s, 3)}
-    elif isinstance(ev, StartFailed):
-        extra = {"reason": str(ev.reason)}
     return " ".join([type(ev).__name__, where, *(f"{k}={v}" for k, v in extra.items() if v is not None)])
 
 
 class Runner:
-    """One isolated subtree: its tree, the lines it prints, the status file it keeps."""
+    """One isolated subtree: its tree, and its side of the control channel (``link``; None when run by hand)."""
 
-    def __init__(self, tree: Tree, path: str) -> None:
-        self.tree, self.path = tree, path
+    def __init__(self, cfg: Config, tree: Tree, path: str) -> None:
+        self.cfg, self.tree, self.path = cfg, tree, path
+        self.link: Link | None = None
         self.changed = asyncio.Event()
         self.sub = tree.bus.subscribe(maxlen=10_000)
+        tree.connect(self, None)  # its workers' calls to targets it does not have go to the daemon
 
+    # -- what the daemon is told ------------------------------------------------------------------------------
     async def show(self) -> None:
         async for ev in self.sub:
-            if isinstance(ev, SHOWN):
-                print(line(self.path, ev), flush=True)
-                self.changed.set()
-            elif isinstance(ev, ProcessOutput):  # its OS children's output, under their paths
-                print(f"{self.path}/{ev.path}: {ev.line}", flush=True)
+            self.forward(ev)
+
+    def forward(self, ev: Event) -> None:
+        if isinstance(ev, CHANGES):
+            self.changed.set()
+        if self.link is not None:
+            doc = event_doc(ev, self.path)
+            if doc is not None:
+                self.link.send({"t": "event", "event": doc})
+        elif isinstance(ev, CHANGES | LoopBlocked):
+            print(line(self.path, ev), flush=True)
+        elif isinstance(ev, ProcessOutput):
+            print(f"{self.path}/{ev.path}: {ev.line}", flush=True)
+
+    def status(self) -> dict[str, Any]:
+        doc = prefixed(self.tree.status().as_dict(), self.path)
+        return {"t": "status", "pid": os.getpid(), "children": doc["children"], "names": self.tree.rt.registry.names()}
 
     async def publish(self) -> None:
-        """The status, within 0.1 s of a change (a burst of events is one write), else every 2 s."""
-        while True:
+        """The status, within 0.1 s of a change (a burst of events is one frame), else every 2 s."""
+        while self.link is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self.changed.wait()
             self.changed.clear()
             with contextlib.suppress(OperationError):  # not started yet, or stopping
-                _write_status(self.tree, self.path)
+                self.link.send(self.status())
             await asyncio.sleep(0.1)
 
+    # -- what the daemon asks -----------------------------------------------------------------------------------
+    def inner(self, target: str) -> str:
+        """A path as the daemon names it (``iso/a``) as this tree names it (``a``); a registered name as it is."""
+        bare = target.strip("/")
+        return bare[len(self.path) + 1 :] if bare.startswith(self.path + "/") else target
+
+    def _node(self, inner: str) -> dict[str, Any] | None:
+        parent = inner.rpartition("/")[0]
+        node = next((c for c in self.tree.which_children(parent) if c.path == inner), None)
+        return prefixed(node.as_dict(), self.path) if node is not None else None
+
+    async def request(self, doc: dict[str, Any]) -> Any:
+        op = doc.get("op")
+        if op == "call":  # from the daemon: to this tree's own mailboxes only (never back across)
+            timeout = doc.get("timeout")
+            return await self.tree.mailbox(self.inner(str(doc["to"]))).call(doc.get("msg"), timeout)
+        if op == "cast":
+            await self.tree.mailbox(self.inner(str(doc["to"]))).cast(doc.get("msg"))
+            return None
+        if op == "reload":
+            return await self.reload()
+        where = self.inner(str(doc.get("path", "")))
+        if op == "signal":
+            return self.tree.signal(where, int(doc["signal"]), bool(doc.get("group", False)))
+        before = self.tree.child(where)
+        previous = before.pid if before.alive else None
+        if op == "stop":
+            await self.tree.terminate_child(where)
+        elif op == "start":
+            await self.tree.restart_child(where)
+        elif op == "restart":
+            await self.tree.restart(where)
+        else:
+            raise ValueError(f"unknown request {op!r}")
+        return {"previous_pid": previous, "child": self._node(where)}
+
+    async def reload(self) -> list[list[str]]:
+        """Re-read the config and apply the difference to this subtree (its children added, removed, restarted,
+        untouched); the changes, their paths under the isolated supervisor's."""
+        try:
+            new = load_config(self.cfg.file, workers=BUILTIN_WORKERS)
+        except ConfigError as e:
+            raise ValueError(f"invalid config: {e}") from None
+        if self.path not in new.isolated:
+            raise LookupError(f"the config no longer has an isolated supervisor at {self.path}")
+        changes = await apply_difference(self.tree, self.cfg.subtree(self.path), new.subtree(self.path))
+        self.cfg = new
+        self.changed.set()
+        return [[f"{self.path}/{p}" if p else self.path, change] for p, change in changes]
+
+    # -- its workers' calls across the boundary (core.Remote) -----------------------------------------------------
+    async def call(self, target: str, payload: Any, timeout: float | None) -> Any:
+        return await call_over(self.link, target, payload, timeout)
+
+    async def cast(self, target: str, payload: Any) -> None:
+        await cast_over(self.link, target, payload)
+
+    # -- life -----------------------------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event) -> int:
         """Start the tree, say so, run until stopped (0) or until its root ends (1)."""
         try:
@@ -126,7 +177,9 @@ class Runner:
         except FailedToStartChild as e:
             print(f"isolated {self.path}: its tree failed to start: {describe(e)}", file=sys.stderr, flush=True)
             return 1
-        _write_status(self.tree, self.path)  # before the ready line: the parent's /status shows the subtree at once
+        self.tree.watch_loop()  # a worker that blocks this process's loop is named (LoopBlocked), here too
+        if self.link is not None:  # before the ready line: the daemon's /status shows the subtree at once
+            self.link.send(self.status())
         print(ISOLATED_READY, flush=True)
         stopped = asyncio.ensure_future(stop.wait())
         ended = asyncio.ensure_future(self.tree.wait())
@@ -141,6 +194,16 @@ class Runner:
         return code
 
 
+def _control() -> socket.socket | None:
+    """This process's end of the control channel the daemon gave it, or None (run by hand)."""
+    fd = os.environ.pop("MCP_CONTROL_FD", "")
+    if not fd.isdigit():
+        return None
+    sock = socket.socket(fileno=int(fd))
+    sock.set_inheritable(False)  # its own OS children never get it
+    return sock
+
+
 async def run(config: str, path: str) -> int:
     try:
         cfg = load_config(config, workers=BUILTIN_WORKERS)
@@ -151,8 +214,12 @@ async def run(config: str, path: str) -> int:
     if spec is None:
         print(f"isolated {path}: the config no longer has an isolated supervisor at this path", file=sys.stderr)
         return 78
-    runner = Runner(Tree(spec, subreaper=True), path)
-    tasks = [asyncio.ensure_future(runner.show()), asyncio.ensure_future(runner.publish())]
+    runner = Runner(cfg, Tree(spec, subreaper=True), path)
+    tasks = [asyncio.ensure_future(runner.show())]
+    control = _control()
+    if control is not None:
+        runner.link = await Link.open(control, runner.request, lambda doc: None)
+        tasks += [asyncio.ensure_future(runner.link.run()), asyncio.ensure_future(runner.publish())]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,20 +227,29 @@ async def run(config: str, path: str) -> int:
     try:
         return await runner.serve(stop)
     finally:
-        runner.sub.close()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(OSError):
-            status_file(os.getppid(), path).unlink()
+        while (ev := runner.sub.get_nowait()) is not None:  # its tree's last events (its stop) go out too
+            runner.forward(ev)
+        runner.sub.close()
+        if runner.link is not None:
+            await runner.link.aclose()
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m mcp_supervisor.daemon.isolated CONFIG PATH", file=sys.stderr)
         return 2
-    return asyncio.run(run(argv[0], argv[1]))
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run(argv[0], argv[1]))
 
 
 if __name__ == "__main__":
