@@ -253,3 +253,106 @@ def test_ctl_reaches_inside_an_isolated_subtree(tmp_path: Path) -> None:
         assert len(exits) == 2 and all("stopped by SIGTERM" in str(e["reason"]) for e in exits), exits
     finally:
         d.stop()
+
+
+CALLERS = """
+import asyncio, json, os
+from mcp_supervisor.core import Call, CallTimeout, NotRunning
+
+def echo(config):
+    async def run(ctx):
+        ctx.register(config["name"])
+        ctx.started()
+        while True:
+            msg = await ctx.receive()
+            if config.get("silent"):
+                continue
+            if isinstance(msg, Call):
+                msg.reply({"echo": msg.payload, "by": ctx.path})
+            else:
+                with open(config["casts"], "a") as f:
+                    f.write(json.dumps(msg.payload) + "\\n")
+    return run
+
+def caller(config):
+    async def run(ctx):
+        ctx.started()
+        while not os.path.exists(config["go"]):
+            await asyncio.sleep(0.02)
+        out = {"reply": await ctx.call(config["target"], {"n": 1, "list": (1, 2)})}
+        for name, attempt in (
+            ("unknown", lambda: ctx.call("nobody-anywhere", 1)),
+            ("not_json", lambda: ctx.call(config["target"], {1, 2})),
+            ("timeout", lambda: ctx.call(config["silent"], "x", timeout=0.3)),
+        ):
+            try:
+                await attempt()
+                out[name] = "no error"
+            except (NotRunning, TypeError, CallTimeout) as e:
+                out[name] = [type(e).__name__, str(e)]
+        await ctx.cast(config["target"], {"cast_from": ctx.path})
+        with open(config["out"], "w") as f:
+            json.dump(out, f)
+        await asyncio.Event().wait()
+    return run
+"""
+
+
+def test_calls_and_casts_cross_the_boundary_both_ways_with_local_errors(tmp_path: Path) -> None:
+    (tmp_path / "callers.py").write_text(CALLERS)
+    casts = tmp_path / "casts"
+
+    def conf(side: str, target: str, silent: str) -> str:
+        return (
+            f'{{ go = "{tmp_path / "go"}", out = "{tmp_path / side}.json", target = "{target}", silent = "{silent}" }}'
+        )
+
+    text = f"""
+[[tree.children]]
+id = "echo"
+worker = "callers:echo"
+config = {{ name = "echo", casts = "{casts}" }}
+[[tree.children]]
+id = "hush"
+worker = "callers:echo"
+config = {{ name = "hush", silent = true }}
+[[tree.children]]
+id = "outer"
+worker = "callers:caller"
+config = {conf("outer", "iso/pong", "hush-in")}
+[[tree.children]]
+id = "iso"
+isolation = "process"
+[[tree.children.children]]
+id = "pong"
+worker = "callers:echo"
+config = {{ name = "pong", casts = "{casts}" }}
+[[tree.children.children]]
+id = "hush-in"
+worker = "callers:echo"
+config = {{ name = "hush-in", silent = true }}
+[[tree.children.children]]
+id = "inner"
+worker = "callers:caller"
+config = {conf("inner", "echo", "hush")}
+"""
+    d = Daemon(tmp_path, text, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        d.wait_ready()
+        (tmp_path / "go").touch()
+        out = {}
+        for side in ("outer", "inner"):
+            result = tmp_path / f"{side}.json"
+            wait_until(result.exists, 20, f"the {side} caller's results")
+            out[side] = __import__("json").loads(result.read_text())
+        # the daemon's worker calls a path inside; the isolated worker calls a name the daemon has
+        assert out["outer"]["reply"] == {"echo": {"n": 1, "list": [1, 2]}, "by": "pong"}, out  # tuples arrive as lists
+        assert out["inner"]["reply"] == {"echo": {"n": 1, "list": [1, 2]}, "by": "echo"}, out
+        for side in out.values():
+            assert side["unknown"][0] == "NotRunning" and "nobody-anywhere" in side["unknown"][1], side
+            assert side["not_json"][0] == "TypeError" and "must be JSON" in side["not_json"][1], side
+            assert side["timeout"] == ["CallTimeout", "no reply within 0.3s; a late reply will be dropped"], side
+        wait_until(lambda: casts.exists() and len(casts.read_text().splitlines()) == 2, 10, "both casts delivered")
+        assert sorted(casts.read_text().splitlines()) == ['{"cast_from": "inner"}', '{"cast_from": "outer"}']
+    finally:
+        d.stop()
