@@ -95,6 +95,11 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
 def livez_ms(d: Daemon) -> float:
     t0 = time.monotonic()
     code, _, _ = d.request("GET", "/livez")
@@ -112,7 +117,9 @@ def test_an_aborting_worker_takes_down_its_isolated_process_only(tmp_path: Path)
     try:
         iso, local = d.node("iso"), d.node("local")
         argv = cmdline(iso["pid"])
-        assert argv[1:] == ["-m", "mcp_supervisor.daemon.isolated", str(d.config), "iso"], argv  # what ps shows
+        # what ps shows: forked from the fork server, named by what it runs
+        assert " ".join(argv) == f"mcp-supervisor iso: mcp_supervisor.daemon.isolated {d.config} iso", argv
+        assert cmdline(parent_of(iso["pid"])) == ["mcp-supervisor fork server"]
         (tmp_path / "trigger").touch()
         worst = 0.0
         deadline = time.monotonic() + 30

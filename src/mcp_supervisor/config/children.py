@@ -216,7 +216,8 @@ def _isolate(  # noqa: PLR0917
         id=spec.id, restart=spec.restart, significant=spec.significant, backoff=spec.backoff,
         shutdown=shutdown, start_retries=spec.start_retries,
         command=[sys.executable, "-m", "mcp_supervisor.daemon.isolated", os.path.abspath(ctx.file), path],
-        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0), control=True, **options,
+        ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0), control=True,
+        template="mcp_supervisor.daemon.isolated", **options,
     )  # fmt: skip
 
 

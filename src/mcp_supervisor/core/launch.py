@@ -48,7 +48,7 @@ def resolve_program(spec: ProcessSpec, env: dict[str, str]) -> str:
     return found
 
 
-def _ids(spec: ProcessSpec) -> tuple[int, int] | None:
+def ids_of(spec: ProcessSpec) -> tuple[int, int] | None:
     """The uid and gid to run as (``user``, ``group``), or None to stay who we are; OSError names what is wrong."""
     if spec.user is None and spec.group is None:
         return None
@@ -106,7 +106,7 @@ def launch(
     """
     argv = list(spec.command)
     preexec = None
-    ids = _ids(spec)
+    ids = ids_of(spec)
     if _SETPRIV is not None:
         creds: list[str] = []
         if ids is not None:

@@ -11,17 +11,18 @@ import signal
 import socket
 import subprocess
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .cgroups import Cgroups
 from .escapes import OWN, Escapes
 from .events import EventBus, ExitKind, ExitReason, ProcessOutput
 from .forensics import TAIL_LINES
+from .forkserver import ForkRequest, ForkServer
 from .guardian import Guardian
-from .launch import child_env, launch, resolve_program
+from .launch import child_env, ids_of, launch, resolve_program
 from .resources import MemCgroup, Usage
-from .specs import ProcessSpec
+from .specs import RLIMITS, ProcessSpec
 
 _MAX_LINE = 64 * 1024
 
@@ -74,6 +75,7 @@ class OsProcess:
         stop_signal: int = signal.SIGTERM,
         cgroup: str | None = None,
         pid: int | None = None,
+        pipes: Sequence[tuple[str, Any]] = (),
     ) -> None:
         loop = asyncio.get_running_loop()
         self.stop_signal = stop_signal
@@ -97,16 +99,22 @@ class OsProcess:
         self.signals_sent: set[int] = set()
         self._line_waiters: list[tuple[re.Pattern[str], asyncio.Future[str]]] = []
         self.exited: asyncio.Future[int] = loop.create_future()
-        self._pidfd = os.pidfd_open(self.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:  # gone already (a forked child that failed at once): its status is on its way
+            self._pidfd = -1
+            loop.call_soon(self._on_exit)
+        else:
+            loop.add_reader(self._pidfd, self._on_exit)
         self._streams: dict[int, tuple[str, bytearray, Any]] = {}  # fd -> (stream, partial line, the pipe)
         if popen is not None:
-            for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
-                if pipe is not None:
-                    fd = pipe.fileno()
-                    os.set_blocking(fd, False)
-                    self._streams[fd] = (name, bytearray(), pipe)
-                    loop.add_reader(fd, self._on_output, fd)
+            pipes = (("stdout", popen.stdout), ("stderr", popen.stderr))
+        for name, pipe in pipes:
+            if pipe is not None:
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self._streams[fd] = (name, bytearray(), pipe)
+                loop.add_reader(fd, self._on_output, fd)
         self._own_group = self.pgid == self.pid  # an adopted (pidfile) process may sit in a group that is not its own
         if guardian is not None:
             if self._own_group:
@@ -114,7 +122,9 @@ class OsProcess:
             elif (start := start_time(self.pid)) is not None:
                 guardian.register_pid(self.pid, start)  # this process alone: never a group it does not lead
         self.usage = escapes.spawned(self.pid, path) if escapes is not None else Usage()
-        if cgroup is not None and popen is not None:  # its own cgroup, made for it: every OOM kill in it is its
+        if cgroup is not None and (
+            popen is not None or pipes
+        ):  # its own cgroup, made for it: every OOM kill in it is its
             self.usage.own_cgroup_at(MemCgroup(cgroup, v2=True))
 
     @classmethod
@@ -256,7 +266,8 @@ class OsProcess:
 
     # -- exit ----------------------------------------------------------------------------------------------
     def _on_exit(self) -> None:
-        self._loop.remove_reader(self._pidfd)
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
         # Kill the rest of the group while the leader is a zombie: its pgid cannot be reused until we reap it.
         if self.kill_group_on_exit:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -281,9 +292,12 @@ class OsProcess:
             pid, status = self.pid, 255 << 8
         if pid == 0:
             return
+        self._ended(os.waitstatus_to_exitcode(status), os.WIFSIGNALED(status) and os.WCOREDUMP(status))
+
+    def _ended(self, code: int, core_dumped: bool) -> None:
+        """Its exit status is known (reaped): release what watched it, then say so (``exited``)."""
         OWN.discard(self.pid)
-        code = os.waitstatus_to_exitcode(status)
-        self.core_dumped = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+        self.core_dumped = core_dumped
         if self._popen is not None:
             self._popen.returncode = code
         with contextlib.suppress(OSError):
@@ -367,3 +381,93 @@ class OsProcess:
         if code < 0:
             return end("abnormal", f"killed by {sig}" + (" (core dumped)" if self.core_dumped else ""))
         return end("abnormal", f"exit code {code}")
+
+
+class ForkedProcess(OsProcess):
+    """An OS child forked by a fork server from a template that imported its module already
+    (``ProcessSpec.template``): the server is its parent, so its exit status comes from the server, not from
+    ``waitpid``; otherwise an OS child like any other (its own session and group, pipes, guardian, cgroup)."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        pid: int,
+        status: asyncio.Future[tuple[int, bool]],
+        pipes: Sequence[tuple[str, Any]],
+        path: str,
+        bus: EventBus,
+        guardian: Guardian | None,
+        escapes: Escapes | None,
+        stop_signal: int,
+        cgroup: str | None,
+    ) -> None:
+        self._status = status
+        super().__init__(None, path, bus, guardian, escapes, stop_signal, cgroup, pid, pipes)
+
+    @classmethod
+    async def fork(  # noqa: PLR0917
+        cls,
+        server: ForkServer,
+        spec: ProcessSpec,
+        path: str,
+        bus: EventBus,
+        guardian: Guardian | None,
+        escapes: Escapes | None = None,
+        cgroups: Cgroups | None = None,
+    ) -> ForkedProcess:
+        """Fork ``spec`` (``template.main(command[3:])``) from ``server``; OSError when the server cannot (the
+        caller execs the command instead)."""
+        assert spec.template is not None
+        env = child_env(spec)
+        ids = ids_of(spec)
+        cgroup = cgroups.create(path) if cgroups is not None else None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ours = theirs = None
+        fds = [out_w, err_w]
+        if spec.control:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds.append(theirs.fileno())
+            env["MCP_CONTROL_FD"] = "3"
+        request = ForkRequest(
+            module=spec.template, argv=list(spec.command[3:]), env=env, title=f"mcp-supervisor {path}: "
+            + " ".join(spec.command[2:]), cwd=spec.cwd, umask=spec.umask,
+            limits={RLIMITS[k]: v for k, v in spec.limits.items()}, cgroup=cgroup,
+            ids=(ids[0], ids[1], spec.user if spec.user is not None and not spec.user.isdigit() else None)
+            if ids is not None else None,
+        )  # fmt: skip
+        try:
+            pid, status = await server.fork(request, fds)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            if ours is not None:
+                ours.close()
+            if cgroup is not None:
+                Cgroups.remove(cgroup)
+            raise
+        finally:
+            for fd in (out_w, err_w):
+                os.close(fd)
+            if theirs is not None:
+                theirs.close()
+        pipes = [("stdout", os.fdopen(out_r, "rb", buffering=0)), ("stderr", os.fdopen(err_r, "rb", buffering=0))]
+        proc = cls(pid, status, pipes, path, bus, guardian, escapes, spec.stop_signal, cgroup)
+        proc.control = ours
+        return proc
+
+    def _reap(self, block: bool) -> None:
+        if self.exited.done():
+            return
+        if self._status.done():
+            code, core = self._status.result()
+            self._ended(code, core)
+        elif block:  # it has exited: the server tells its status in a moment
+            self._status.add_done_callback(lambda _: self._reap(False))
+
+    def kill_now(self) -> None:
+        if self.exited.done():
+            return
+        self.kill()
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._pidfd)
+        self._ended(-signal.SIGKILL, False)

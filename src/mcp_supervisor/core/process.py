@@ -22,8 +22,9 @@ from .cgroups import Cgroups
 from .context import ChildContext
 from .escapes import Escapes
 from .events import EventBus, ExitReason
+from .forkserver import ForkServer
 from .guardian import Guardian
-from .osprocess import OsProcess, start_time
+from .osprocess import ForkedProcess, OsProcess, start_time
 from .specs import ProcessSpec
 from .watches import is_ready, watch_liveness, watch_memory
 
@@ -81,13 +82,19 @@ async def run_process(  # noqa: PLR0917
     on_spawn: Callable[[OsProcess], None],
     sockets: Mapping[str, Any] | None = None,
     cgroups: Cgroups | None = None,
+    forks: ForkServer | None = None,
 ) -> ExitReason:
     """The body of a process child's task: spawn (``on_spawn`` learns the process), wait for readiness, report
     ready, watch its memory and liveness, wait for the exit; its reason by the rules of :meth:`OsProcess.reason`."""
     if spec.pidfile is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_pidfile_path(spec))  # an earlier run's: its pid may belong to another process by now
-    proc = OsProcess.spawn(spec, path, bus, guardian, None if spec.pidfile else escapes, sockets, cgroups)
+    proc: OsProcess | None = None
+    if spec.template is not None and forks is not None and not spec.sockets and spec.pidfile is None:
+        with contextlib.suppress(OSError):  # no fork server: exec the command
+            proc = await ForkedProcess.fork(forks, spec, path, bus, guardian, escapes, cgroups)
+    if proc is None:
+        proc = OsProcess.spawn(spec, path, bus, guardian, None if spec.pidfile else escapes, sockets, cgroups)
     on_spawn(proc)
     watchers: list[asyncio.Task[None]] = []
     try:

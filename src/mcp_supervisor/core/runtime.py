@@ -19,6 +19,7 @@ from .context import Key
 from .errors import NoSuchPath, NotRunning
 from .escapes import Escapes
 from .events import EventBus
+from .forkserver import ForkServer
 from .mailbox import Mailbox, Registry, Remote
 from .process import Guardian
 from .state import ChildView, State
@@ -45,6 +46,7 @@ class Runtime:
         self.extensions: dict[Key[Any], Any] = {}  # what the composition root shares with workers
         self.remote: Remote | None = None  # calls and casts to targets not in this tree (Tree.connect)
         self.on_control: Callable[[str, socket.socket], None] | None = None  # an OS child's control socket
+        self.forks: ForkServer | None = None  # forks OS children that name a template (Tree.use_fork_server)
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # path -> callers of handle() waiting for it
 
     def now(self) -> float:
@@ -70,6 +72,8 @@ class Runtime:
         return self.guardian
 
     def close(self) -> None:
+        if self.forks is not None:
+            self.forks.close()
         if self.guardian is not None:
             self.guardian.close()
             self.guardian = None

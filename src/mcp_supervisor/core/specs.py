@@ -321,6 +321,7 @@ class ProcessSpec(_Common):
     memory_check: float = 1.0  # seconds between two looks at max_memory (two in a row above it: restart)
     live: Liveness | None = None
     control: bool = False  # a control channel: a connected unix socket, fd $MCP_CONTROL_FD in the process
+    template: str | None = None  # a Python module whose main(command[3:]) this is: forked from a fork server
     kind: Literal["process"] = field(default="process", init=False)
 
     def __post_init__(self) -> None:

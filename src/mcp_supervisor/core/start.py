@@ -202,6 +202,7 @@ class Starter:
                     partial(_spawned, child, rt),
                     rt.sockets,
                     rt.cgroups,
+                    rt.forks,
                 )
         except Shutdown as e:
             reason = ExitReason("shutdown", "" if e.reason == "shutdown" else e.reason)

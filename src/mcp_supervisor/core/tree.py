@@ -20,6 +20,7 @@ from .errors import FailedToStartChild, OperationError, Shutdown, describe
 from .escapes import Escapes, become_subreaper
 from .events import BusStatistics, EscapeeKilled, EventBus, ExitReason, SpecWarning
 from .forensics import Episode, ExitRecord, diagnose
+from .forkserver import ForkServer
 from .loopwatch import Blocked, LoopWatch
 from .mailbox import DEFAULT_CALL_TIMEOUT, Mailbox, Remote, call_in, cast_in, mailbox_of
 from .runtime import Runtime
@@ -276,6 +277,13 @@ class Tree:
     async def cast(self, target: str, payload: Any) -> None:
         rt = self.rt
         await cast_in(rt.registry, rt.mailboxes, rt.remote, target, payload)
+
+    def use_fork_server(self) -> ForkServer:
+        """Fork the OS children that name a template (``ProcessSpec.template``) from a fork server, started on first
+        use (or by ``await forks.start(preload)``), instead of exec'ing their command; stopped with the tree."""
+        if self.rt.forks is None:
+            self.rt.forks = ForkServer()
+        return self.rt.forks
 
     def connect(self, remote: Remote | None, on_control: Callable[[str, socket.socket], None] | None) -> None:
         """Another process's tree: ``remote`` takes the calls and casts to targets this tree does not have;

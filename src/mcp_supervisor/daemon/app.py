@@ -99,6 +99,7 @@ class Daemon:
         self.tree = Tree(cfg.tree, subreaper=True)
         self.tree.use_cgroups(Cgroups.detect())  # a delegated cgroup v2 subtree when systemd gave us one
         self.subtrees = Subtrees(self.tree, lambda: self.config.isolated)  # isolation = "process": their channels
+        self.forks = self.tree.use_fork_server()  # ... and their processes forked from a pre-imported template
         self.fleet: ClusterAgent | None = None
         if cfg.cluster is not None:  # fleet mode needs asyncpg (the [postgres] extra): imported only then
             from .cluster import ClusterAgent
@@ -163,6 +164,9 @@ class Daemon:
                 self.log.error("cannot hold a socket", error=describe(e))
                 self.notifier.send(STATUS=f"failed to start: {describe(e)}", ERRNO=1)
                 return exits.FAILED
+            if cfg.isolated:  # the fork server imports what an isolated subtree runs once, before the first start
+                with contextlib.suppress(OSError):  # else each is exec'd (its command)
+                    await self.forks.start(["mcp_supervisor.daemon.isolated"])
             try:
                 await tree.start()
             except FailedToStartChild as e:

@@ -1,0 +1,340 @@
+"""A fork server: a Python process that has imported a module already (``ProcessSpec.template``) and starts an OS
+child by ``fork`` instead of ``exec`` — so that a Python child does not pay the interpreter's start-up and its imports
+at every (re)start, as ``multiprocessing``'s forkserver does.
+
+The daemon side (:class:`ForkServer`) starts the server (``python -m mcp_supervisor.core.forkserver``) on first
+use, over a ``SOCK_SEQPACKET`` socket pair, and asks it for a child: the module, its ``argv``, environment, working
+directory, umask, limits, user and group, cgroup, and three descriptors passed with ``SCM_RIGHTS`` (stdout and
+stderr pipes, the control socket) that become fds 1, 2 and 3 of the child. The server forks; the child makes its own
+session, takes the parent-death signal (the server's death kills it; the server dies with the daemon), joins its
+cgroup, sets its limits, changes user, names itself for ``ps`` (``setproctitle`` when installed) and runs
+``module.main(argv)``, whose return value is its exit code. The server answers with the pid once the child leads its
+own session (so that its group can be signalled at once) and tells each child's exit status (it is their parent),
+which :class:`~mcp_supervisor.core.osprocess.ForkedProcess` reports as an exec'd child's.
+
+A failed fork (the server cannot start, or dies) is an ``OSError``: the caller execs the command instead. The
+server is a plain single-threaded loop (``selectors``), so a fork of it is safe; it never runs an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .escapes import OWN
+
+_PR_SET_PDEATHSIG = 1
+_MAX_MESSAGE = 1 << 20
+START_TIMEOUT = 30.0
+_MAIN = "import sys; from mcp_supervisor.core.forkserver import serve; serve(int(sys.argv[1]), sys.argv[2:])"
+
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForkRequest:
+    """One child to fork: ``module.main(argv)`` with this environment and these limits and credentials."""
+
+    module: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    title: str
+    cwd: str | None = None
+    umask: int | None = None
+    limits: Mapping[str, int] = field(default_factory=dict)  # resource name (``nofile``, ``as``...) -> value
+    ids: tuple[int, int, str | None] | None = None  # uid, gid, user name (for its groups)
+    cgroup: str | None = None
+
+
+class ForkServer:
+    """The daemon's side: starts the server on first use, forks children through it, learns their exits."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._next = 0
+        self._replies: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[tuple[int, bool]]] = {}
+        self._early: dict[int, tuple[int, bool]] = {}  # exits told before their fork's answer was read
+        self._preload: set[str] = set()
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None and self._popen.returncode is None else None
+
+    async def start(self, preload: Sequence[str] = ()) -> None:
+        """Start the server (once) and have it import ``preload``; OSError when it cannot."""
+        self._preload.update(preload)
+        if self._sock is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._popen = self._launch(theirs)
+        except BaseException:
+            ours.close()
+            self._starting = None
+            raise
+        finally:
+            theirs.close()
+        OWN.add(self._popen.pid)  # ours to reap
+        loop = asyncio.get_running_loop()
+        ours.setblocking(False)
+        ready: asyncio.Future[int] = loop.create_future()  # its first message: "id 0, my pid"
+        self._replies[0] = ready
+        loop.add_reader(ours, self._on_message, ours)
+        self._sock = ours
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await ready
+        except (TimeoutError, OSError) as e:
+            self.close()
+            raise OSError(f"the fork server did not start: {e}") from None
+        finally:
+            self._starting = None
+
+    def _launch(self, theirs: socket.socket) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _MAIN, str(theirs.fileno()), *sorted(self._preload)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(theirs.fileno(),),
+            preexec_fn=_pdeathsig(os.getpid()),  # noqa: PLW1509 - prctl only
+        )
+
+    def _on_message(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(_MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return
+            doc = json.loads(data)
+            if "exit" in doc:
+                pid, status = int(doc["exit"]), (int(doc["code"]), bool(doc.get("core")))
+                fut = self._exits.pop(pid, None)
+                if fut is None:
+                    self._early[pid] = status
+                elif not fut.done():
+                    fut.set_result(status)
+                continue
+            reply = self._replies.pop(int(doc.get("id", -1)), None)
+            if reply is None or reply.done():
+                continue
+            if "error" in doc:
+                reply.set_exception(OSError(f"the fork server could not fork: {doc['error']}"))
+            else:
+                reply.set_result(int(doc.get("pid", 0)))
+
+    async def fork(self, request: ForkRequest, fds: Sequence[int]) -> tuple[int, asyncio.Future[tuple[int, bool]]]:
+        """Fork a child for ``request`` with ``fds`` as its 1, 2 (and 3): its pid and a future of its exit (the code
+        as ``waitstatus_to_exitcode`` gives it, and whether it dumped core). OSError when the server cannot."""
+        await self.start((request.module,))
+        sock = self._sock
+        if sock is None:
+            raise OSError("the fork server is not running")
+        loop = asyncio.get_running_loop()
+        self._next += 1
+        ident = self._next
+        reply: asyncio.Future[int] = loop.create_future()
+        self._replies[ident] = reply
+        doc = {"id": ident, "module": request.module, "argv": list(request.argv), "env": dict(request.env),
+               "title": request.title, "cwd": request.cwd, "umask": request.umask, "limits": dict(request.limits),
+               "ids": request.ids, "cgroup": request.cgroup}  # fmt: skip
+        try:
+            socket.send_fds(sock, [json.dumps(doc).encode()], list(fds))
+            async with asyncio.timeout(START_TIMEOUT):
+                pid = await reply
+        except (OSError, TimeoutError) as e:
+            self._replies.pop(ident, None)
+            raise OSError(f"the fork server could not fork: {e}") from None
+        exited: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        if pid in self._early:
+            exited.set_result(self._early.pop(pid))
+        else:
+            self._exits[pid] = exited
+        return pid, exited
+
+    def close(self) -> None:
+        """Stop using the server (it exits when its socket closes; its children die with it: killed)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(sock)
+            sock.close()
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_exception(OSError("the fork server ended"))
+        self._replies.clear()
+        for exit_fut in self._exits.values():
+            if not exit_fut.done():
+                exit_fut.set_result((-signal.SIGKILL, False))  # its parent-death signal
+        self._exits.clear()
+        popen, self._popen = self._popen, None
+        if popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+            with contextlib.suppress(ChildProcessError):
+                popen.wait()
+            OWN.discard(popen.pid)
+
+
+def _pdeathsig(parent: int) -> Any:
+    def set_pdeathsig() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(127)
+
+    return set_pdeathsig
+
+
+# -- the server ----------------------------------------------------------------------------------------------------
+def _child(doc: dict[str, Any], fds: list[int], server: int, sync: int) -> None:
+    """In the forked child: become the process ``doc`` describes, run ``module.main(argv)``, exit with its value."""
+    os.setsid()
+    _pdeathsig(server)()
+    os.write(sync, b"x")  # the server may answer now: this process leads its own group
+    os.close(sync)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    if doc.get("cgroup"):
+        with open(os.path.join(doc["cgroup"], "cgroup.procs"), "w", encoding="ascii") as f:
+            f.write("0")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for target, fd in enumerate(fds, start=1):
+        os.dup2(fd, target)
+    os.closerange(len(fds) + 1, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 20))  # the server's own
+    os.environ.clear()
+    os.environ.update(doc["env"])
+    if doc.get("cwd"):
+        os.chdir(doc["cwd"])
+    if doc.get("umask") is not None:
+        os.umask(int(doc["umask"]))
+    for name, value in doc.get("limits", {}).items():
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (int(value), int(value)))
+    if doc.get("ids"):
+        uid, gid, user = doc["ids"]
+        if user is not None:
+            os.initgroups(user, gid)
+        else:
+            os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        _pdeathsig(server)()  # a change of credentials clears it
+    _title(doc["title"])
+    code = sys.modules[doc["module"]].main(list(doc["argv"]))
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(int(code))
+
+
+def _fork(sock: socket.socket, doc: dict[str, Any], fds: list[int]) -> None:
+    try:
+        importlib.import_module(doc["module"])  # once: every later fork has it
+    except Exception as e:  # noqa: BLE001 - told to the daemon, which execs instead
+        sock.send(json.dumps({"id": doc["id"], "error": f"cannot import {doc['module']}: {e}"}).encode())
+        return
+    sync_r, sync_w = os.pipe()
+    server = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(sync_r)
+            _child(doc, fds, server, sync_w)
+        except BaseException as e:  # noqa: BLE001 - its stderr is the daemon's pipe: say why, then exit
+            with contextlib.suppress(Exception):
+                os.write(2, f"{doc['title']}: cannot start: {e!r}\n".encode())
+        os._exit(126)
+    os.close(sync_w)
+    os.read(sync_r, 1)  # it leads its own session now (or it is gone already)
+    os.close(sync_r)
+    sock.send(json.dumps({"id": doc["id"], "pid": pid}).encode())
+
+
+def _title(title: str) -> None:
+    """What ``ps`` shows for this process (its command line), when ``setproctitle`` is installed."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+        code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(OSError):
+            sock.send(json.dumps({"exit": pid, "code": code, "core": core}).encode())
+
+
+def serve(fd: int, preload: Sequence[str]) -> None:
+    """The server's loop: fork on request, tell each exit, end when the daemon's end of the socket closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    _title("mcp-supervisor fork server")
+    for module in preload:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    sock.send(json.dumps({"id": 0, "pid": os.getpid()}).encode())
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sock:
+                msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+                if not msg:  # the daemon is gone: so are we (the children follow by their death signal)
+                    os._exit(0)
+                try:
+                    _fork(sock, json.loads(msg), fds)
+                finally:
+                    for f in fds:
+                        os.close(f)
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap(sock)
+
