@@ -5,6 +5,7 @@ keeps its pid; ``kill -9`` of the daemon leaves no isolated interpreter behind."
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -162,11 +163,13 @@ def test_a_worker_that_blocks_its_loop_for_good_is_killed_with_its_process(tmp_p
 def test_kill_9_of_the_daemon_leaves_no_isolated_interpreter(tmp_path: Path) -> None:
     d = daemon(tmp_path, "fragile")
     iso = d.node("iso")["pid"]
-    assert alive(iso)
+    server, tick = parent_of(iso), d.node("iso/tick")["pid"]
+    assert alive(iso) and alive(server) and alive(tick)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
     d.stop()
-    wait_until(lambda: not alive(iso), 10, "the isolated process gone with the daemon")
+    for pid, what in ((iso, "the isolated process"), (server, "the fork server"), (tick, "its OS child")):
+        wait_until(lambda pid=pid: not alive(pid), 10, f"{what} gone with the daemon")
 
 
 def test_a_reload_applies_the_difference_inside_and_restarts_the_process_only_when_its_own_keys_changed(
@@ -363,3 +366,37 @@ config = {conf("inner", "echo", "hush")}
         assert sorted(casts.read_text().splitlines()) == ['{"cast_from": "inner"}', '{"cast_from": "outer"}']
     finally:
         d.stop()
+
+
+def test_isolated_processes_are_forked_from_one_fork_server_that_survives_their_crashes(tmp_path: Path) -> None:
+    text = config(tmp_path, "steady").replace(
+        "shutdown = 1\n", "shutdown = 1\nlimits = { nofile = 333 }\numask = 0o027\n"
+    )
+    (tmp_path / "isoworkers.py").write_text(WORKERS)
+    d = Daemon(tmp_path, text, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        d.wait_ready()
+        server = parent_of(d.node("iso")["pid"])
+        assert cmdline(server) == ["mcp-supervisor fork server"]
+        for _ in range(5):  # at once, again and again: each restart is forked by the same server
+            pid = d.node("iso")["pid"]
+            signal_and_wait(pid)
+            new = restarted(d, pid)
+            assert parent_of(new["pid"]) == server and alive(server)
+            assert "killed by SIGKILL" in new["last_exit"]["detail"], new["last_exit"]
+        status = Path(f"/proc/{new['pid']}/status").read_text()
+        assert "Umask:\t0027" in status, status
+        limits = Path(f"/proc/{new['pid']}/limits").read_text()
+        assert any(line.startswith("Max open files") and line.split()[3:5] == ["333", "333"]
+                   for line in limits.splitlines()), limits  # fmt: skip
+        os.kill(server, signal.SIGKILL)  # the server dies: its children with it; the next start has a new one
+        again = restarted(d, new["pid"])
+        assert parent_of(again["pid"]) != server and cmdline(parent_of(again["pid"])) == ["mcp-supervisor fork server"]
+        assert d.node("iso/calm")["state"] == "running"
+    finally:
+        d.stop()
+
+
+def signal_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), 10, f"pid {pid} gone")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -216,15 +217,8 @@ def _pdeathsig(parent: int) -> Any:
 
 
 # -- the server ----------------------------------------------------------------------------------------------------
-def _child(doc: dict[str, Any], fds: list[int], server: int, sync: int) -> None:
-    """In the forked child: become the process ``doc`` describes, run ``module.main(argv)``, exit with its value."""
-    os.setsid()
-    _pdeathsig(server)()
-    os.write(sync, b"x")  # the server may answer now: this process leads its own group
-    os.close(sync)
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
+def _become(doc: dict[str, Any], fds: list[int], server: int) -> None:
+    """In a spare, once asked: become the process ``doc`` describes, run ``module.main(argv)``, exit with its value."""
     if doc.get("cgroup"):
         with open(os.path.join(doc["cgroup"], "cgroup.procs"), "w", encoding="ascii") as f:
             f.write("0")
@@ -251,34 +245,122 @@ def _child(doc: dict[str, Any], fds: list[int], server: int, sync: int) -> None:
         os.setuid(uid)
         _pdeathsig(server)()  # a change of credentials clears it
     _title(doc["title"])
-    code = sys.modules[doc["module"]].main(list(doc["argv"]))
+    code = importlib.import_module(doc["module"]).main(list(doc["argv"]))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(int(code))
 
 
-def _fork(sock: socket.socket, doc: dict[str, Any], fds: list[int]) -> None:
-    try:
-        importlib.import_module(doc["module"])  # once: every later fork has it
-    except Exception as e:  # noqa: BLE001 - told to the daemon, which execs instead
-        sock.send(json.dumps({"id": doc["id"], "error": f"cannot import {doc['module']}: {e}"}).encode())
-        return
-    sync_r, sync_w = os.pipe()
-    server = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child
+class _Server:
+    """The server's loop. It keeps one *spare*: a child forked ahead of time that already leads its own session
+    and waits to be told what to become — so a request costs a message, not a fork (the next spare is forked after
+    the answer, off the requester's path)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self.spare: tuple[int, socket.socket] | None = None
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(sock, selectors.EVENT_READ)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+
+    def fork_spare(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        gc.freeze()  # what the server has is never scanned by a child's collector: its pages stay shared, untouched
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in (self.sock.fileno(), self.wake_r, self.wake_w, self.sel.fileno(), ours.fileno()):
+                    os.close(fd)  # the daemon must see the server's end close when the server dies
+                self.wait_as_spare(theirs)
+            except BaseException as e:  # noqa: BLE001 - its stderr is the daemon's pipe (once asked): say why
+                with contextlib.suppress(Exception):
+                    os.write(2, f"mcp-supervisor: a forked child cannot start: {e!r}\n".encode())
+            os._exit(126)
+        theirs.close()
+        self.spare = (pid, ours)
+
+    def wait_as_spare(self, sock: socket.socket) -> None:
+        os.setsid()
+        _pdeathsig(self.pid)()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        _title("mcp-supervisor fork server: spare")
+        sock.send(b"ready")  # it leads its own session and group now: they can be signalled as its own
+        msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+        if not msg:  # the server is gone, or it has no more use for a spare
+            os._exit(0)
+        sock.close()
+        _become(json.loads(msg), fds, self.pid)
+
+    def request(self, doc: dict[str, Any], fds: list[int]) -> None:
         try:
-            os.close(sync_r)
-            _child(doc, fds, server, sync_w)
-        except BaseException as e:  # noqa: BLE001 - its stderr is the daemon's pipe: say why, then exit
-            with contextlib.suppress(Exception):
-                os.write(2, f"{doc['title']}: cannot start: {e!r}\n".encode())
-        os._exit(126)
-    os.close(sync_w)
-    os.read(sync_r, 1)  # it leads its own session now (or it is gone already)
-    os.close(sync_r)
-    sock.send(json.dumps({"id": doc["id"], "pid": pid}).encode())
+            importlib.import_module(doc["module"])  # once, here: every later spare has it
+        except Exception as e:  # noqa: BLE001 - told to the daemon, which execs instead
+            self.sock.send(json.dumps({"id": doc["id"], "error": f"cannot import {doc['module']}: {e}"}).encode())
+            return
+        for _ in range(2):
+            if self.spare is None:
+                self.fork_spare()
+            assert self.spare is not None
+            pid, channel = self.spare
+            self.spare = None
+            try:
+                channel.settimeout(10.0)
+                if channel.recv(16) != b"ready":  # not yet its own session leader: wait; gone: the next one
+                    continue
+                socket.send_fds(channel, [json.dumps(doc).encode()], fds)
+            except OSError:  # that spare died: the next one
+                continue
+            finally:
+                channel.close()
+            self.sock.send(json.dumps({"id": doc["id"], "pid": pid}).encode())
+            return
+        self.sock.send(json.dumps({"id": doc["id"], "error": "no child could be forked"}).encode())
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.spare is not None and pid == self.spare[0]:  # a spare died unused: nobody to tell
+                self.spare[1].close()
+                self.spare = None
+                continue
+            core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+            code = os.waitstatus_to_exitcode(status)
+            with contextlib.suppress(OSError):
+                self.sock.send(json.dumps({"exit": pid, "code": code, "core": core}).encode())
+
+    def run(self) -> None:
+        self.sock.send(json.dumps({"id": 0, "pid": self.pid}).encode())
+        while True:
+            if self.spare is None:
+                self.fork_spare()
+            for key, _ in self.sel.select():
+                if key.fileobj is self.sock:
+                    msg, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 3)
+                    if not msg:  # the daemon is gone: so are we (our children follow by their death signal)
+                        os._exit(0)
+                    try:
+                        self.request(json.loads(msg), fds)
+                    finally:
+                        for f in fds:
+                            os.close(f)
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
+                    self.reap()
 
 
 def _title(title: str) -> None:
@@ -290,51 +372,12 @@ def _title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
-        code = os.waitstatus_to_exitcode(status)
-        with contextlib.suppress(OSError):
-            sock.send(json.dumps({"exit": pid, "code": code, "core": core}).encode())
-
-
 def serve(fd: int, preload: Sequence[str]) -> None:
-    """The server's loop: fork on request, tell each exit, end when the daemon's end of the socket closes."""
+    """The server: import ``preload``, then fork on request and tell each exit until the daemon's end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
     _title("mcp-supervisor fork server")
     for module in preload:
         with contextlib.suppress(Exception):
             importlib.import_module(module)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
-    sel.register(wake_r, selectors.EVENT_READ)
-    sock.send(json.dumps({"id": 0, "pid": os.getpid()}).encode())
-    while True:
-        for key, _ in sel.select():
-            if key.fileobj is sock:
-                msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
-                if not msg:  # the daemon is gone: so are we (the children follow by their death signal)
-                    os._exit(0)
-                try:
-                    _fork(sock, json.loads(msg), fds)
-                finally:
-                    for f in fds:
-                        os.close(f)
-            else:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
-                _reap(sock)
-
+    _Server(socket.socket(fileno=fd)).run()

@@ -450,6 +450,10 @@ class ForkedProcess(OsProcess):
                 os.close(fd)
             if theirs is not None:
                 theirs.close()
+        with contextlib.suppress(ProcessLookupError):  # (gone already: its status is on its way)
+            if os.getpgid(pid) != pid:  # never: a spare leads its own group before it is handed out
+                os.kill(pid, signal.SIGKILL)
+                raise OSError(f"the forked child {pid} does not lead its own process group")
         pipes = [("stdout", os.fdopen(out_r, "rb", buffering=0)), ("stderr", os.fdopen(err_r, "rb", buffering=0))]
         proc = cls(pid, status, pipes, path, bus, guardian, escapes, spec.stop_signal, cgroup)
         proc.control = ours

@@ -19,6 +19,7 @@ daemon. Run by hand (no channel), it prints its events as lines.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401 - asyncio's default executor, imported once by the fork server
 import contextlib
 import os
 import signal
@@ -44,6 +45,11 @@ from ..core import (
 from .builtins import BUILTIN_WORKERS
 from .link import Link, call_over, cast_over, event_doc
 from .reload import apply_difference
+
+try:  # imported here, once, by the fork server (not at each start of a forked subtree: 4 ms)
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None  # type: ignore[assignment]
 
 CHANGES = (ChildStarted, ChildExited, RestartScheduled, StartFailed)
 """The events after which the daemon is sent the status again (and, run by hand, that are printed)."""
@@ -242,12 +248,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m mcp_supervisor.daemon.isolated CONFIG PATH", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        factory: Any = uvloop.new_event_loop
-    except ImportError:
-        factory = None
+    factory = uvloop.new_event_loop if uvloop is not None else None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(run(argv[0], argv[1]))
 
