@@ -400,3 +400,22 @@ def test_isolated_processes_are_forked_from_one_fork_server_that_survives_their_
 def signal_and_wait(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(pid), 10, f"pid {pid} gone")
+
+
+def test_a_restarted_isolated_subtree_runs_the_config_the_daemon_runs_not_an_unreloaded_edit(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "steady")
+    try:
+        iso = d.node("iso")["pid"]
+        d.config.write_text(d.config.read_text().replace('id = "calm"', 'id = "edited"'))  # no reload yet
+        signal_and_wait(iso)
+        again = restarted(d, iso)
+        wait_until(lambda: _has(d, "iso/calm"), 10, "the subtree as the daemon runs it")
+        assert not _has(d, "iso/edited")
+        code, doc, _ = d.request("POST", "/reload?wait=1")  # now it is the config: applied inside, by difference
+        assert code == 200 and ("iso/edited", "added") in {(c["path"], c["change"]) for c in doc["changes"]}, doc
+        assert d.node("iso")["pid"] == again["pid"]
+        signal_and_wait(again["pid"])  # and a restart after the reload runs the reloaded config
+        restarted(d, again["pid"])
+        wait_until(lambda: _has(d, "iso/edited") and not _has(d, "iso/calm"), 10, "the reloaded subtree")
+    finally:
+        d.stop()

@@ -1,6 +1,8 @@
 """A fork server: a Python process that has imported a module already (``ProcessSpec.template``) and starts an OS
 child by ``fork`` instead of ``exec`` — so that a Python child does not pay the interpreter's start-up and its imports
-at every (re)start, as ``multiprocessing``'s forkserver does.
+at every (re)start, as ``multiprocessing``'s forkserver does. The template module may have a ``prepare(args)``
+(:meth:`ForkServer.prepare`): the server calls it — say, to parse the config the daemon just loaded and import the
+workers it names — and every child forked afterwards inherits what it prepared.
 
 The daemon side (:class:`ForkServer`) starts the server (``python -m mcp_supervisor.core.forkserver``) on first
 use, over a ``SOCK_SEQPACKET`` socket pair, and asks it for a child: the module, its ``argv``, environment, working
@@ -153,6 +155,14 @@ class ForkServer:
             else:
                 reply.set_result(int(doc.get("pid", 0)))
 
+    async def prepare(self, module: str, args: Sequence[str]) -> None:
+        """Have the server call ``module.prepare(args)`` (say, parse the config the daemon just loaded), so that every
+        child forked from now on starts with what it prepared; a server that cannot is left as it was."""
+        await self.start((module,))
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.send(json.dumps({"op": "prepare", "module": module, "args": list(args)}).encode())
+
     async def fork(self, request: ForkRequest, fds: Sequence[int]) -> tuple[int, asyncio.Future[tuple[int, bool]]]:
         """Fork a child for ``request`` with ``fds`` as its 1, 2 (and 3): its pid and a future of its exit (the code
         as ``waitstatus_to_exitcode`` gives it, and whether it dumped core). OSError when the server cannot."""
@@ -261,6 +271,7 @@ class _Server:
         self.sock = sock
         self.pid = os.getpid()
         self.spare: tuple[int, socket.socket] | None = None
+        self.retired: set[int] = set()  # spares replaced before use (they exit when their channel closes)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -300,6 +311,18 @@ class _Server:
         sock.close()
         _become(json.loads(msg), fds, self.pid)
 
+    def prepare(self, doc: dict[str, Any]) -> None:
+        """``module.prepare(args)`` here, then a new spare: the next child has what it prepared."""
+        try:
+            importlib.import_module(doc["module"]).prepare(list(doc["args"]))
+        except Exception as e:  # noqa: BLE001 - its children prepare for themselves, as before
+            with contextlib.suppress(OSError):
+                os.write(2, f"mcp-supervisor fork server: {doc['module']}.prepare failed: {e!r}\n".encode())
+        if self.spare is not None:  # forked before: it goes (told nothing, it exits; its exit is nobody's)
+            self.retired.add(self.spare[0])
+            self.spare[1].close()
+            self.spare = None
+
     def request(self, doc: dict[str, Any], fds: list[int]) -> None:
         try:
             importlib.import_module(doc["module"])  # once, here: every later spare has it
@@ -337,6 +360,9 @@ class _Server:
                 self.spare[1].close()
                 self.spare = None
                 continue
+            if pid in self.retired:
+                self.retired.discard(pid)
+                continue
             core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
             code = os.waitstatus_to_exitcode(status)
             with contextlib.suppress(OSError):
@@ -353,7 +379,11 @@ class _Server:
                     if not msg:  # the daemon is gone: so are we (our children follow by their death signal)
                         os._exit(0)
                     try:
-                        self.request(json.loads(msg), fds)
+                        doc = json.loads(msg)
+                        if doc.get("op") == "prepare":
+                            self.prepare(doc)
+                        else:
+                            self.request(doc, fds)
                     finally:
                         for f in fds:
                             os.close(f)

@@ -164,9 +164,7 @@ class Daemon:
                 self.log.error("cannot hold a socket", error=describe(e))
                 self.notifier.send(STATUS=f"failed to start: {describe(e)}", ERRNO=1)
                 return exits.FAILED
-            if cfg.isolated:  # the fork server imports what an isolated subtree runs once, before the first start
-                with contextlib.suppress(OSError):  # else each is exec'd (its command)
-                    await self.forks.start(["mcp_supervisor.daemon.isolated"])
+            await self._prepare_forks(cfg)
             try:
                 await tree.start()
             except FailedToStartChild as e:
@@ -382,11 +380,13 @@ class Daemon:
             REDACTOR.update(self._secrets | current)
             try:
                 self._hold_sockets(new)  # new names are bound before a child that lists them starts
+                await self._prepare_forks(new)  # an isolated subtree (re)started from now on runs the new config
                 keep = self.fleet.held() if self.fleet is not None else []
                 changes = await apply_difference(self.tree, old, new, keep)
                 # a kept isolated subtree applies its own difference (a restarted one read the new file already)
                 changes += await self.subtrees.reload([p for p in new.isolated if p in old.isolated])
             except Exception as e:  # noqa: BLE001 - report, keep running
+                await self._prepare_forks(old)
                 return self._reload_failed("reload failed while applying", describe(e))
             self.config = new
             if self.fleet is not None:
@@ -408,6 +408,13 @@ class Daemon:
             self.log.info("reloaded", changes=report.as_dict()["changes"])
             self.notifier.ready(self._summary(f"reloaded ({len(changes)} changes)"))
             return report
+
+    async def _prepare_forks(self, cfg: Config) -> None:
+        """The fork server imports what an isolated subtree runs and parses this config, once: a restarted subtree is
+        forked with both (else it is exec'd: its command)."""
+        if cfg.isolated:
+            with contextlib.suppress(OSError):
+                await self.forks.prepare("mcp_supervisor.daemon.isolated", [cfg.file])
 
     def _reload_failed(self, message: str, error: str) -> ReloadReport:
         self.prom.reload_result(False)

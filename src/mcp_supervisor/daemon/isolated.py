@@ -210,12 +210,26 @@ def _control() -> socket.socket | None:
     return sock
 
 
+_PREPARED: dict[str, Config] = {}
+"""The config the daemon last (re)loaded, parsed by the fork server (:func:`prepare`): what a forked subtree runs."""
+
+
+def prepare(args: list[str]) -> None:
+    """In the fork server, each time the daemon has (re)loaded its config (``args``: the config file): parse it and
+    import the workers it names, once, so that a forked subtree starts without either — and runs the config the
+    daemon runs, not the file as it may be by then. A file that no longer parses leaves nothing prepared."""
+    _PREPARED.clear()
+    _PREPARED[os.path.abspath(args[0])] = load_config(args[0], workers=BUILTIN_WORKERS)
+
+
 async def run(config: str, path: str) -> int:
-    try:
-        cfg = load_config(config, workers=BUILTIN_WORKERS)
-    except ConfigError as e:
-        print(f"isolated {path}: invalid config: {e}", file=sys.stderr, flush=True)
-        return 78
+    cfg = _PREPARED.get(os.path.abspath(config))
+    if cfg is None:  # exec'd, or forked before the daemon's config was prepared: parse it here
+        try:
+            cfg = load_config(config, workers=BUILTIN_WORKERS)
+        except ConfigError as e:
+            print(f"isolated {path}: invalid config: {e}", file=sys.stderr, flush=True)
+            return 78
     spec = cfg.isolated.get(path)
     if spec is None:
         print(f"isolated {path}: the config no longer has an isolated supervisor at this path", file=sys.stderr)
