@@ -43,6 +43,10 @@ _PROCESS = _COMMON | _LOGS | PROCESS_KEYS
 _ISOLATED_OS = {"limits", "max_memory", "memory_check", "user", "group", "umask"}
 """What an isolated supervisor's process takes of an OS process's keys (its process, its limits)."""
 _SUPERVISOR = _COMMON | SUP_FLAGS | {"children", "isolation"} | _ISOLATED_OS
+ISOLATED_EXITS = {3: ("shutdown", "reached_max_restart_intensity"), 4: ("shutdown", "auto_shutdown"),
+                  5: ("shutdown", "")}  # fmt: skip
+"""The exit codes of an isolated subtree's process whose supervisor ended as an in-process one does (OTP's
+``shutdown``: a transient one is not restarted for it); any other code but 0 is abnormal."""
 ISOLATED_READY = "mcp-supervisor isolated subtree: ready"
 """The line an isolated subtree's process prints once its tree has started (its readiness)."""
 
@@ -217,7 +221,7 @@ def _isolate(  # noqa: PLR0917
         shutdown=shutdown, start_retries=spec.start_retries,
         command=[sys.executable, "-m", "mcp_supervisor.daemon.isolated", os.path.abspath(ctx.file), path],
         ready=ReadyOutput(pattern=re.escape(ISOLATED_READY), timeout=60.0), control=True,
-        template="mcp_supervisor.daemon.isolated", **options,
+        template="mcp_supervisor.daemon.isolated", exit_reasons=ISOLATED_EXITS, **options,
     )  # fmt: skip
 
 

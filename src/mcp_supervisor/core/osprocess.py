@@ -86,6 +86,7 @@ class OsProcess:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # its last output lines, for the exit record
         self.kill_group_on_exit = True  # a launcher whose program daemonized itself leaves its group alone
         self.control: socket.socket | None = None  # our end of its control channel (ProcessSpec.control)
+        self.exit_reasons: Mapping[int, tuple[str, str]] = {}  # ProcessSpec.exit_reasons
         self._escapes = escapes
         self._loop = loop
         self._popen = popen
@@ -376,6 +377,9 @@ class OsProcess:
         stop = next((s for s in (self.stop_signal, signal.SIGKILL) if s in self.signals_sent), None)
         if stop is not None:
             return end("shutdown", f"stopped by {_signal_name(stop)} (exit code {code})")
+        told = self.exit_reasons.get(code)
+        if told is not None:  # a code that stands for a reason (an isolated supervisor that gave up: shutdown)
+            return end(told[0], told[1])  # type: ignore[arg-type]
         if code == 0:
             return end("normal")
         if code < 0:

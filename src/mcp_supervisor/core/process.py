@@ -95,6 +95,7 @@ async def run_process(  # noqa: PLR0917
             proc = await ForkedProcess.fork(forks, spec, path, bus, guardian, escapes, cgroups)
     if proc is None:
         proc = OsProcess.spawn(spec, path, bus, guardian, None if spec.pidfile else escapes, sockets, cgroups)
+    proc.exit_reasons = spec.exit_reasons
     on_spawn(proc)
     watchers: list[asyncio.Task[None]] = []
     try:

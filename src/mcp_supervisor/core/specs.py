@@ -322,6 +322,7 @@ class ProcessSpec(_Common):
     live: Liveness | None = None
     control: bool = False  # a control channel: a connected unix socket, fd $MCP_CONTROL_FD in the process
     template: str | None = None  # a Python module whose main(command[3:]) this is: forked from a fork server
+    exit_reasons: Mapping[int, tuple[str, str]] = field(default_factory=dict)  # code -> (kind, detail) it stands for
     kind: Literal["process"] = field(default="process", init=False)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,9 @@ loads the same config file the daemon loaded, takes the subtree at ``PATH`` (the
 interpreter: a worker that blocks the loop, crashes the interpreter or leaks memory takes down this process only,
 and the parent restarts it by its restart rules. It prints :data:`~mcp_supervisor.config.children.ISOLATED_READY`
 once its tree has started (the parent's readiness), exits 0 when stopped (SIGTERM: its tree stops within its
-budget) and 1 when its tree's root gave up. Launched through the parent's launch chain, it dies with the parent
+budget) and, when its tree's root ended by itself, with a code the parent reads back as that end
+(:data:`~mcp_supervisor.config.children.ISOLATED_EXITS`: it gave up, as an in-process supervisor would; 1:
+abnormal). Forked from the fork server (or exec'd through the parent's launch chain), it dies with the parent
 (parent-death signal) and the parent's guardian takes it, and everything below it, on ``kill -9`` of the daemon.
 
 Over its control channel (fd ``$MCP_CONTROL_FD``, the framed protocol of :mod:`.link`) it tells the daemon its
@@ -28,11 +30,12 @@ import sys
 from typing import Any
 
 from ..config import Config, ConfigError, load_config
-from ..config.children import ISOLATED_READY
+from ..config.children import ISOLATED_EXITS, ISOLATED_READY
 from ..core import (
     ChildExited,
     ChildStarted,
     Event,
+    ExitReason,
     FailedToStartChild,
     LoopBlocked,
     OperationError,
@@ -193,11 +196,22 @@ class Runner:
         stopped.cancel()
         code = 0
         if ended.done():
-            print(f"isolated {self.path}: its supervisor ended: {ended.result()}", file=sys.stderr, flush=True)
-            code = 1
+            reason = ended.result()
+            print(f"isolated {self.path}: its supervisor ended: {reason}", file=sys.stderr, flush=True)
+            code = exit_code(reason)
         ended.cancel()
         await self.tree.stop()
         return code
+
+
+def exit_code(reason: ExitReason) -> int:
+    """This process's exit code for its supervisor's end: what the parent reads back as the same reason (an
+    in-process supervisor's), by :data:`~mcp_supervisor.config.children.ISOLATED_EXITS`; 1 for anything abnormal."""
+    if reason.kind == "normal":
+        return 0
+    if reason.kind == "shutdown":
+        return next((c for c, (_, detail) in ISOLATED_EXITS.items() if detail == reason.detail), 5)
+    return 1
 
 
 def _control() -> socket.socket | None:
@@ -223,7 +237,7 @@ def prepare(args: list[str]) -> None:
 
 
 async def run(config: str, path: str) -> int:
-    cfg = _PREPARED.get(os.path.abspath(config))
+    cfg = _PREPARED.get(config)  # (an absolute path: the command's)
     if cfg is None:  # exec'd, or forked before the daemon's config was prepared: parse it here
         try:
             cfg = load_config(config, workers=BUILTIN_WORKERS)
