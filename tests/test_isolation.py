@@ -110,7 +110,9 @@ def livez_ms(d: Daemon) -> float:
 
 def restarted(d: Daemon, old: int) -> Any:
     """The isolated supervisor's node once a new process runs it (its last exit recorded)."""
-    return wait_until(lambda: (n := d.node("iso"))["state"] == "running" and n["pid"] != old and n, 30, "a restart")
+    return wait_until(
+        lambda: (n := d.node("iso"))["state"] == "running" and n["pid"] not in (None, old) and n, 30, "a restart"
+    )  # (None: the old one's exit is being handled)
 
 
 def test_an_aborting_worker_takes_down_its_isolated_process_only(tmp_path: Path) -> None:
@@ -204,6 +206,9 @@ def test_the_status_shows_the_isolated_subtree_as_if_it_were_local(tmp_path: Pat
         assert iso["isolated"] is True and iso["kind"] == "process"
         calm = d.node("iso/calm")
         assert calm["state"] == "running" and d.node("iso/risky")["state"] == "running"
+        metrics = d.metrics()  # counted as the daemon's own children
+        assert 'mcp_child_up{child="iso/calm",kind="worker"} 1.0' in metrics, metrics
+        assert 'mcp_child_up{child="iso/tick",kind="process"} 1.0' in metrics
         (tmp_path / "trigger").touch()  # risky aborts: the whole process goes, and comes back
         wait_until(lambda: d.node("iso")["pid"] != iso["pid"], 30, "the isolated process restarted")
         (tmp_path / "trigger").unlink()

@@ -108,7 +108,8 @@ class Daemon:
                                       summary=self._node_summary)  # fmt: skip
         node = cfg.cluster.node if cfg.cluster is not None else socket.gethostname()
         self._alerts = Alerts(self.tree.bus, node, REDACTOR.redact, self.log)
-        self.prom = DaemonMetrics(self.tree.status, self._cluster_metrics if self.fleet else None, self._drops,
+        spliced = lambda: self.subtrees.splice(self.tree.status())  # noqa: E731 - isolated children counted too
+        self.prom = DaemonMetrics(spliced, self._cluster_metrics if self.fleet else None, self._drops,
                                   self._alerts.samples, lambda: self.tree.loopwatch)  # fmt: skip
         self.tree.provide(METRICS_REGISTRY, self.prom.registry)  # one registry for every metric
         self.journal = Journal(redact=REDACTOR.redact_value, limits=log_limits(cfg))
