@@ -29,7 +29,7 @@ def run(script: str, *args: str, timeout: float = 300) -> str:
         ("streams.py", "--quick", "restart_latency_median_32_streams"),
         ("rolling.py", "--quick", '"errors_rolling": 0'),
         ("alerts.py", "--quick", "alert_per_restart_dead_receivers"),
-        ("isolation.py", "--quick", "restart_isolated_subtree_median"),
+        ("isolation.py", "--quick", "crash_to_ready_isolated_subtree_forked_median"),
     ],
 )
 def test_the_benchmark_runs(script: str, mode: str, expected: str) -> None:

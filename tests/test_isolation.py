@@ -121,7 +121,7 @@ def test_an_aborting_worker_takes_down_its_isolated_process_only(tmp_path: Path)
         iso, local = d.node("iso"), d.node("local")
         argv = cmdline(iso["pid"])
         # what ps shows: forked from the fork server, named by what it runs
-        assert " ".join(argv) == f"mcp-supervisor iso: mcp_supervisor.daemon.isolated {d.config} iso", argv
+        assert " ".join(argv) == f"mcp-supervisor iso: isolated subtree of {d.config}", argv
         assert cmdline(parent_of(iso["pid"])) == ["mcp-supervisor fork server"]
         (tmp_path / "trigger").touch()
         worst = 0.0
@@ -256,6 +256,8 @@ def test_ctl_reaches_inside_an_isolated_subtree(tmp_path: Path) -> None:
         assert r.returncode == 0 and "iso/tick: sent SIGHUP" in r.stdout, r.stdout + r.stderr
         wait_until(lambda: "got HUP" in d.ctl("logs", "iso/tick").stdout, 10, "the trap's line in ctl logs")
         assert "hello from inside" in d.ctl("logs", "iso/tick").stdout
+        why = d.ctl("why", "iso/tick")  # its exit record, kept by the isolated process
+        assert why.returncode == 0 and "stopped" in why.stdout, why.stdout + why.stderr
         r = d.ctl("stop", "iso/tick")
         assert r.returncode == 0 and "iso/tick: stopped" in r.stdout, r.stdout + r.stderr
         wait_until(lambda: d.node("iso/tick")["state"] != "running", 10, "stopped in the status")
@@ -396,7 +398,8 @@ def test_isolated_processes_are_forked_from_one_fork_server_that_survives_their_
                    for line in limits.splitlines()), limits  # fmt: skip
         os.kill(server, signal.SIGKILL)  # the server dies: its children with it; the next start has a new one
         again = restarted(d, new["pid"])
-        assert parent_of(again["pid"]) != server and cmdline(parent_of(again["pid"])) == ["mcp-supervisor fork server"]
+        assert parent_of(again["pid"]) != server
+        assert cmdline(parent_of(again["pid"])) == ["mcp-supervisor fork server"]
         assert d.node("iso/calm")["state"] == "running"
     finally:
         d.stop()

@@ -210,7 +210,9 @@ def test_an_isolated_supervisor_is_one_process_child_and_its_subtree_is_kept_for
     assert isinstance(iso, ProcessSpec) and iso.command[1:3] == ("-m", "mcp_supervisor.daemon.isolated")
     assert iso.command[-1] == "iso" and iso.shutdown == 30.0  # "infinity" would make it unkillable
     assert isinstance(cfg.isolated["iso"], SupervisorSpec) and cfg.isolated["iso"].children[0].id == "db"
-    assert "iso/db" not in cfg.entries and cfg.entries["iso"].kind == "process"
+    assert cfg.entries["iso"].kind == "process" and cfg.entries["iso/db"].kind == "worker"  # its process's entries
+    sub = cfg.subtree("iso")  # the config its process runs: its supervisor the root, its children's entries under it
+    assert sub.tree is cfg.isolated["iso"] and set(sub.entries) == {"", "db"} and sub.entries[""].kind == "supervisor"
     with pytest.raises(ConfigError, match=r'tree\.children\[0\]\.isolation: must be "none" or "process"'):
         parse_config(text.replace('"process"', '"thread"'), "f.toml")
 

@@ -182,8 +182,8 @@ class Controls(Protocol):
 
     async def inside(self, path: str, action: str, **args: Any) -> dict[str, Any] | None:
         """``restart``, ``stop``, ``start`` or ``signal`` (``signal``, ``group``) of a child inside an isolated
-        subtree, done by its process: ``previous_pid`` and ``child`` (or ``pid``); None when ``path`` is not inside
-        one."""
+        subtree, done by its process: ``previous_pid`` and ``child`` (or ``pid``); or its ``exits`` (``ctl why``):
+        ``diagnosis``, ``crash_loop``, ``exits``, ``loop_blocked``. None when ``path`` is not inside one."""
         ...
 
     async def test_alert(self, name: str) -> tuple[bool, str]:

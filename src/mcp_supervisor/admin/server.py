@@ -319,9 +319,12 @@ async def exits(request: web.Request) -> web.Response:
     """The child's exit history, its crash-loop episode and a one-line diagnosis (``ctl why``)."""
     path = request.match_info["path"].strip("/")
     try:
+        inside = await request.app[CONTROLS].inside(path, "exits")  # a child of an isolated subtree: its record
+        if inside is not None:
+            return reply(request, {"path": path, **inside})
         records, episode, diagnosis = request.app[VIEWS].tree.exits(path)
-    except (NoSuchPath, NotRunning, OperationError) as e:
-        return error(request, 404, str(e))
+    except (NoSuchPath, NotRunning, OperationError, LookupError) as e:
+        return error(request, 404, str(e.args[0]) if e.args else str(e))
     blocked = request.app[VIEWS].tree.loop_blocked(path)
     return reply(request, {"path": path, "diagnosis": diagnosis,
                            "crash_loop": episode.as_dict() if episode is not None else None,

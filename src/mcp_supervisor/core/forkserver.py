@@ -4,13 +4,13 @@ at every (re)start, as ``multiprocessing``'s forkserver does. The template modul
 (:meth:`ForkServer.prepare`): the server calls it — say, to parse the config the daemon just loaded and import the
 workers it names — and every child forked afterwards inherits what it prepared.
 
-The daemon side (:class:`ForkServer`) starts the server (``python -m mcp_supervisor.core.forkserver``) on first
+The daemon side (:class:`ForkServer`) starts the server (``python -m mcp_supervisor.core.forkmain``) on first
 use, over a ``SOCK_SEQPACKET`` socket pair, and asks it for a child: the module, its ``argv``, environment, working
 directory, umask, limits, user and group, cgroup, and three descriptors passed with ``SCM_RIGHTS`` (stdout and
 stderr pipes, the control socket) that become fds 1, 2 and 3 of the child. The server forks; the child makes its own
 session, takes the parent-death signal (the server's death kills it; the server dies with the daemon), joins its
-cgroup, sets its limits, changes user, names itself for ``ps`` (``setproctitle`` when installed) and runs
-``module.main(argv)``, whose return value is its exit code. The server answers with the pid once the child leads its
+cgroup, sets its limits, changes user and runs ``module.main(argv)`` (which names itself for ``ps``), whose
+return value is its exit code. The server answers with the pid once the child leads its
 own session (so that its group can be signalled at once) and tells each child's exit status (it is their parent),
 which :class:`~mcp_supervisor.core.osprocess.ForkedProcess` reports as an exec'd child's.
 
@@ -42,7 +42,6 @@ from .escapes import OWN
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
 START_TIMEOUT = 30.0
-_MAIN = "import sys; from mcp_supervisor.core.forkserver import serve; serve(int(sys.argv[1]), sys.argv[2:])"
 
 try:
     _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
@@ -57,7 +56,6 @@ class ForkRequest:
     module: str
     argv: Sequence[str]
     env: Mapping[str, str]
-    title: str
     cwd: str | None = None
     umask: int | None = None
     limits: Mapping[str, int] = field(default_factory=dict)  # resource name (``nofile``, ``as``...) -> value
@@ -77,6 +75,7 @@ class ForkServer:
         self._exits: dict[int, asyncio.Future[tuple[int, bool]]] = {}
         self._early: dict[int, tuple[int, bool]] = {}  # exits told before their fork's answer was read
         self._preload: set[str] = set()
+        self._prepared: dict[str, list[str]] = {}  # module -> the args of its last prepare()
 
     @property
     def pid(self) -> int | None:
@@ -116,10 +115,12 @@ class ForkServer:
             raise OSError(f"the fork server did not start: {e}") from None
         finally:
             self._starting = None
+        for module in self._prepared:  # a new server (the last one died) prepares as the last one did
+            self._send_prepare(module)
 
     def _launch(self, theirs: socket.socket) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-c", _MAIN, str(theirs.fileno()), *sorted(self._preload)],
+            [sys.executable, "-m", "mcp_supervisor.core.forkmain", str(theirs.fileno()), *sorted(self._preload)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
@@ -158,10 +159,17 @@ class ForkServer:
     async def prepare(self, module: str, args: Sequence[str]) -> None:
         """Have the server call ``module.prepare(args)`` (say, parse the config the daemon just loaded), so that every
         child forked from now on starts with what it prepared; a server that cannot is left as it was."""
+        self._prepared[module] = list(args)  # and again by a server started after this one died
+        fresh = self._sock is None
         await self.start((module,))
+        if not fresh:  # (a server this call started has prepared already)
+            self._send_prepare(module)
+
+    def _send_prepare(self, module: str) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.send(json.dumps({"op": "prepare", "module": module, "args": list(args)}).encode())
+                doc = {"op": "prepare", "module": module, "args": self._prepared[module]}
+                self._sock.send(json.dumps(doc).encode())
 
     async def fork(self, request: ForkRequest, fds: Sequence[int]) -> tuple[int, asyncio.Future[tuple[int, bool]]]:
         """Fork a child for ``request`` with ``fds`` as its 1, 2 (and 3): its pid and a future of its exit (the code
@@ -176,7 +184,7 @@ class ForkServer:
         reply: asyncio.Future[int] = loop.create_future()
         self._replies[ident] = reply
         doc = {"id": ident, "module": request.module, "argv": list(request.argv), "env": dict(request.env),
-               "title": request.title, "cwd": request.cwd, "umask": request.umask, "limits": dict(request.limits),
+               "cwd": request.cwd, "umask": request.umask, "limits": dict(request.limits),
                "ids": request.ids, "cgroup": request.cgroup}  # fmt: skip
         try:
             socket.send_fds(sock, [json.dumps(doc).encode()], list(fds))
@@ -254,7 +262,6 @@ def _become(doc: dict[str, Any], fds: list[int], server: int) -> None:
         os.setgid(gid)
         os.setuid(uid)
         _pdeathsig(server)()  # a change of credentials clears it
-    _title(doc["title"])
     code = importlib.import_module(doc["module"]).main(list(doc["argv"]))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
@@ -303,7 +310,6 @@ class _Server:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        _title("mcp-supervisor fork server: spare")
         sock.send(b"ready")  # it leads its own session and group now: they can be signalled as its own
         msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
         if not msg:  # the server is gone, or it has no more use for a spare
@@ -393,20 +399,10 @@ class _Server:
                     self.reap()
 
 
-def _title(title: str) -> None:
-    """What ``ps`` shows for this process (its command line), when ``setproctitle`` is installed."""
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
-
-
 def serve(fd: int, preload: Sequence[str]) -> None:
     """The server: import ``preload``, then fork on request and tell each exit until the daemon's end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _title("mcp-supervisor fork server")
     for module in preload:
         with contextlib.suppress(Exception):
             importlib.import_module(module)

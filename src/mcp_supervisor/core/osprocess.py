@@ -433,8 +433,7 @@ class ForkedProcess(OsProcess):
             fds.append(theirs.fileno())
             env["MCP_CONTROL_FD"] = "3"
         request = ForkRequest(
-            module=spec.template, argv=list(spec.command[3:]), env=env, title=f"mcp-supervisor {path}: "
-            + " ".join(spec.command[2:]), cwd=spec.cwd, umask=spec.umask,
+            module=spec.template, argv=list(spec.command[3:]), env=env, cwd=spec.cwd, umask=spec.umask,
             limits={RLIMITS[k]: v for k, v in spec.limits.items()}, cgroup=cgroup,
             ids=(ids[0], ids[1], spec.user if spec.user is not None and not spec.user.isdigit() else None)
             if ids is not None else None,

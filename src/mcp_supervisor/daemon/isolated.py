@@ -54,6 +54,11 @@ try:  # imported here, once, by the fork server (not at each start of a forked s
 except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
     uvloop = None  # type: ignore[assignment]
 
+try:
+    import setproctitle
+except ImportError:  # pragma: no cover - a dependency; without it ps shows the fork server's command line
+    setproctitle = None  # type: ignore[assignment]
+
 CHANGES = (ChildStarted, ChildExited, RestartScheduled, StartFailed)
 """The events after which the daemon is sent the status again (and, run by hand, that are printed)."""
 
@@ -100,7 +105,7 @@ class Runner:
         if self.link is not None:
             doc = event_doc(ev, self.path)
             if doc is not None:
-                self.link.send({"t": "event", "event": doc})
+                self.link.send({"t": "event", "event": doc}, droppable=True)
         elif isinstance(ev, CHANGES | LoopBlocked):
             print(line(self.path, ev), flush=True)
         elif isinstance(ev, ProcessOutput):
@@ -143,6 +148,12 @@ class Runner:
         if op == "reload":
             return await self.reload()
         where = self.inner(str(doc.get("path", "")))
+        if op == "exits":  # ctl why
+            records, episode, diagnosis = self.tree.exits(where)
+            blocked = self.tree.loop_blocked(where)
+            return {"diagnosis": diagnosis, "crash_loop": episode.as_dict() if episode is not None else None,
+                    "exits": [r.as_dict() for r in records],
+                    "loop_blocked": blocked.as_dict() if blocked is not None else None}  # fmt: skip
         if op == "signal":
             return self.tree.signal(where, int(doc["signal"]), bool(doc.get("group", False)))
         before = self.tree.child(where)
@@ -229,9 +240,12 @@ _PREPARED: dict[str, Config] = {}
 
 
 def prepare(args: list[str]) -> None:
-    """In the fork server, each time the daemon has (re)loaded its config (``args``: the config file): parse it and
-    import the workers it names, once, so that a forked subtree starts without either — and runs the config the
-    daemon runs, not the file as it may be by then. A file that no longer parses leaves nothing prepared."""
+    """In the fork server (which it names for ``ps``), each time the daemon has (re)loaded its config (``args``: the
+    config file): parse it and import the workers it names, once, so that a forked subtree starts without either —
+    and runs the config the daemon runs, not the file as it may be by then. A file that no longer parses leaves
+    nothing prepared."""
+    if setproctitle is not None:  # (set here first, in the server: its forked children can retitle themselves)
+        setproctitle.setproctitle("mcp-supervisor fork server")
     _PREPARED.clear()
     _PREPARED[os.path.abspath(args[0])] = load_config(args[0], workers=BUILTIN_WORKERS)
 
@@ -276,6 +290,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m mcp_supervisor.daemon.isolated CONFIG PATH", file=sys.stderr)
         return 2
+    if setproctitle is not None:  # what ps shows (forked, it would show the fork server's command line)
+        setproctitle.setproctitle(f"mcp-supervisor {argv[1]}: isolated subtree of {argv[0]}")
     factory = uvloop.new_event_loop if uvloop is not None else None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(run(argv[0], argv[1]))

@@ -60,6 +60,9 @@ from ..core import (
 MAX_FRAME = 16 * 1024 * 1024
 """The largest frame either side accepts (a bigger one closes the channel: the peer is not speaking our protocol)."""
 
+MAX_BUFFERED = 8 * 1024 * 1024
+"""Bytes waiting to be sent beyond which events are dropped (an event bus drops for a slow subscriber too)."""
+
 _HEADER = struct.Struct(">I")
 
 ERRORS: dict[str, type[Exception]] = {
@@ -153,16 +156,23 @@ class Link:
         self._next = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.dropped = 0  # droppable frames not sent (the peer did not keep up)
 
     @classmethod
     async def open(cls, sock: socket.socket, requests: Requests, messages: Messages) -> Link:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         return cls(reader, writer, requests, messages)
 
-    def send(self, doc: dict[str, Any]) -> None:
-        """A frame out (buffered; the channel is a local socket the peer keeps reading)."""
-        if not self.closed:
-            self._writer.write(encode(doc))
+    def send(self, doc: dict[str, Any], droppable: bool = False) -> None:
+        """A frame out (buffered; the channel is a local socket the peer keeps reading). A ``droppable`` one (an
+        event) is dropped, and counted, while more than :data:`MAX_BUFFERED` bytes wait: a peer that stops reading
+        never makes this process grow without bound."""
+        if self.closed:
+            return
+        if droppable and self._writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+            self.dropped += 1
+            return
+        self._writer.write(encode(doc))
 
     async def request(self, doc: dict[str, Any], timeout: float | None = None) -> Any:
         """Send a request and wait for its answer (at most ``timeout`` seconds: ``TimeoutError``); the peer's error
@@ -194,7 +204,7 @@ class Link:
                 if not isinstance(doc, dict):
                     raise ValueError("a frame that is not a JSON object")
                 self._dispatch(doc)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):  # gone, or not speaking our protocol
             pass
         finally:
             self.close()
