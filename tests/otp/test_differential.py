@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from tests.otp.core_side import run_all
+from tests.otp.isolated_side import IsoHarness, sample
 from tests.otp.scenarios import erl_scenario, scenario
 
 HERE = Path(__file__).parent
 N = int(os.environ.get("MCP_DIFF_SCENARIOS", "300"))
+N_ISOLATED = int(os.environ.get("MCP_DIFF_ISOLATED", "40"))
 FIRST = int(os.environ.get("MCP_DIFF_SEED", "0"))
 
 pytestmark = [
@@ -83,3 +85,21 @@ async def test_the_core_agrees_with_erlang_otp(tmp_path: Path) -> None:
             f"  OTP:  {theirs[n][max(0, first - 8) : first + 3]}"
         )
     assert not differ, f"{len(differ)} of {N} scenarios differ from OTP:\n" + "\n".join(report)
+
+
+async def test_with_one_supervisor_isolated_the_traces_still_agree_with_erlang_otp(tmp_path: Path) -> None:
+    """A sample of the scenarios whose root has a static child supervisor, run with that supervisor's subtree in a
+    process of its own (forked, over its control channel): the trace — inside it too — must be OTP's."""
+    scenarios = sample([scenario(seed) for seed in range(FIRST, FIRST + 10 * N_ISOLATED)], N_ISOLATED)
+    assert len(scenarios) == N_ISOLATED
+    ours = by_scenario(await IsoHarness().run_all(scenarios))
+    theirs = by_scenario(otp_trace(scenarios, tmp_path))
+    assert set(ours) == set(theirs) == {s["n"] for s in scenarios}
+    differ = [n for n in ours if ours[n] != theirs[n]]
+    report = []
+    for n in differ[:3]:
+        first = next(i for i, (a, b) in enumerate(zip(ours[n] + [""], theirs[n] + [""], strict=False)) if a != b)
+        report.append(f"scenario {n}: {next(s for s in scenarios if s['n'] == n)}\n"
+                      f"  first difference at line {first}\n  ours: {ours[n][max(0, first - 8) : first + 3]}\n"
+                      f"  OTP:  {theirs[n][max(0, first - 8) : first + 3]}")  # fmt: skip
+    assert not differ, f"{len(differ)} of {N_ISOLATED} scenarios differ from OTP:\n" + "\n".join(report)

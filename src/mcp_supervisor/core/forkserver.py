@@ -311,7 +311,10 @@ class _Server:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         sock.send(b"ready")  # it leads its own session and group now: they can be signalled as its own
-        msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+        except OSError:
+            msg, fds = b"", []
         if not msg:  # the server is gone, or it has no more use for a spare
             os._exit(0)
         sock.close()
