@@ -9,7 +9,7 @@ gone. ``S <n>`` opens a scenario; the stop events of its final shutdown close it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.otp.scenarios import Atom
@@ -89,7 +89,8 @@ class Harness:
         self.out += [f"E {kind} {path}" for kind, path in self.log]
         self.log.clear()
 
-    def snapshot(self, tree: Tree) -> list[str]:
+    def snapshot(self, tree: Tree, inside: Mapping[str, list[str]] | None = None) -> list[str]:
+        """``inside``: the lines of isolated subtrees, by their supervisor's path (an OS child here)."""
         if tree.done or not tree.root.running:  # OTP's which_children cannot reach a stopping supervisor either
             return ["D"]
         lines: list[str] = []
@@ -105,7 +106,9 @@ class Harness:
                 entries = [f"{c.id}={_STATE.get(c.state, str(c.state))}" for c in sup.children]
             lines.append(f"T {path or '/'} [{','.join(entries)}]")
             for c in sup.children:
-                if c.state is State.RUNNING and isinstance(c.handle, Supervisor):
+                if inside is not None and c.path in inside and c.state is State.RUNNING:
+                    lines.extend(inside[c.path])
+                elif c.state is State.RUNNING and isinstance(c.handle, Supervisor):
                     walk(c.handle, c.path)
 
         walk(tree.root, "")
@@ -193,12 +196,15 @@ class Harness:
             return "error:failed"
         return "ok"
 
+    def make_tree(self, s: dict[str, Any]) -> Tree:
+        return Tree(self.build(s["tree"]))
+
     async def run(self, s: dict[str, Any]) -> None:
         self.out.append(f"S {s['n']}")
         self.fail = dict(s["fail_initially"])
         self.live.clear()
         self.log.clear()
-        tree = Tree(self.build(s["tree"]))
+        tree = self.make_tree(s)
         try:
             await tree.start()
         except FailedToStartChild:

@@ -15,27 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 from typing import Any, cast
 
-from tests.otp.core_side import _STATE, Harness, _join, args_of
+from tests.otp.core_side import Harness, _join
 
 from mcp_supervisor.config.children import ISOLATED_EXITS, ISOLATED_READY
 from mcp_supervisor.core import (
     Call,
     CalleeExited,
-    FailedToStartChild,
     Mailbox,
     NotRunning,
     ProcessSpec,
     ReadyOutput,
     Shutdown,
     State,
-    Supervisor,
     Tree,
 )
-from mcp_supervisor.daemon.isolated import Runner, _control
+from mcp_supervisor.daemon.isolated import Runner, run_runner
 from mcp_supervisor.daemon.link import Link
 from mcp_supervisor.daemon.subtrees import Subtrees
 
@@ -141,37 +138,13 @@ class IsoHarness(Harness):
                 await asyncio.wait_for(asyncio.shield(child.exit_fut), 30)
         return lines
 
-    def iso_snapshot(self, tree: Tree, inner: list[str] | None) -> list[str]:
-        if tree.done or not tree.root.running:
-            return ["D"]
-        lines: list[str] = []
-
-        def walk(sup: Supervisor, path: str) -> None:
-            if not sup.running:
-                return
-            if sup.flags.strategy == "simple_one_for_one":
-                names = sorted(args_of(c)[0] for c in sup.children if c.state is State.RUNNING)
-                restarting = sum(1 for c in sup.children if c.state is State.RESTARTING)
-                entries = [f"{n}=running" for n in names] + [f"#restarting={restarting}"] if sup.children else []
-            else:
-                entries = [f"{c.id}={_STATE.get(c.state, str(c.state))}" for c in sup.children]
-            lines.append(f"T {path or '/'} [{','.join(entries)}]")
-            for c in sup.children:
-                if c.path == self.iso and c.state is State.RUNNING:
-                    lines.extend(inner or [])
-                elif c.state is State.RUNNING and isinstance(c.handle, Supervisor):
-                    walk(c.handle, c.path)
-
-        walk(tree.root, "")
-        return lines
-
     async def step(self, tree: Tree, result: str) -> None:
         last: list[str] | None = None
         for _ in range(100):  # both sides settled, and the same twice in a row
             await self.settle(tree)
             inner = await self.inner_lines(tree)
             await self.settle(tree)
-            snap = self.iso_snapshot(tree, inner)
+            snap = self.snapshot(tree, {self.iso: inner or []})
             if snap == last:
                 break
             last = snap
@@ -179,29 +152,17 @@ class IsoHarness(Harness):
         self.events()
         self.out += last or []
 
-    async def run(self, s: dict[str, Any]) -> None:
-        self.iso = isolatable(s) or ""
-        self.out.append(f"S {s['n']}")
-        self.fail = dict(s["fail_initially"])
-        self.live.clear()
-        self.log.clear()
-        tree = Tree(self.build(s["tree"]))
+    def make_tree(self, s: dict[str, Any]) -> Tree:
+        tree = super().make_tree(s)
         self.subtrees = Subtrees(tree, lambda: [self.iso])
         tree.use_fork_server()
         tree.rt.registry.register("harness", self.mailbox)
+        return tree
+
+    async def run(self, s: dict[str, Any]) -> None:
+        self.iso = isolatable(s) or ""
         try:
-            try:
-                await tree.start()
-            except FailedToStartChild:
-                self.out.append("R failed_to_start")
-                self.events()
-                self.out.append("D")
-                return
-            await self.step(tree, "started")
-            for action in s["actions"]:
-                await self.step(tree, await self.act(tree, action))
-            await tree.stop()
-            self.events()
+            await super().run(s)
         finally:
             await self.subtrees.close()
 
@@ -278,23 +239,7 @@ def _prefix(line: str, iso: str) -> str:
 
 async def _inner(node: dict[str, Any], path: str) -> int:
     harness = InnerHarness(path)
-    tree = Tree(harness.build(node, ""), subreaper=True)
-    runner = HarnessRunner(tree, path, harness)
-    control = _control()
-    assert control is not None, "run by the differential test only"
-    runner.link = await Link.open(control, runner.request, lambda doc: None)
-    tasks = [asyncio.ensure_future(runner.link.run())]
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    try:
-        return await runner.serve(stop)
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await runner.link.aclose()
+    return await run_runner(HarnessRunner(Tree(harness.build(node, ""), subreaper=True), path, harness))
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.otp.core_side import run_all
@@ -70,21 +71,25 @@ def normalize(trace: list[str]) -> list[str]:
     return out
 
 
-async def test_the_core_agrees_with_erlang_otp(tmp_path: Path) -> None:
-    scenarios = [scenario(seed) for seed in range(FIRST, FIRST + N)]
-    ours = by_scenario(await run_all(scenarios))
-    theirs = by_scenario(otp_trace(scenarios, tmp_path))
+def assert_agree(scenarios: list[dict[str, Any]], ours_lines: list[str], tmp: Path) -> None:
+    """Our trace of ``scenarios`` is OTP's, scenario by scenario; else the first three that differ, where."""
+    ours, theirs = by_scenario(ours_lines), by_scenario(otp_trace(scenarios, tmp))
     assert set(ours) == set(theirs) == {s["n"] for s in scenarios}
     differ = [n for n in ours if ours[n] != theirs[n]]
     report = []
     for n in differ[:3]:
         first = next(i for i, (a, b) in enumerate(zip(ours[n] + [""], theirs[n] + [""], strict=False)) if a != b)
         report.append(
-            f"scenario {n}: {scenarios[n - FIRST]}\n"
+            f"scenario {n}: {next(s for s in scenarios if s['n'] == n)}\n"
             f"  first difference at line {first}\n  ours: {ours[n][max(0, first - 8) : first + 3]}\n"
             f"  OTP:  {theirs[n][max(0, first - 8) : first + 3]}"
         )
-    assert not differ, f"{len(differ)} of {N} scenarios differ from OTP:\n" + "\n".join(report)
+    assert not differ, f"{len(differ)} of {len(scenarios)} scenarios differ from OTP:\n" + "\n".join(report)
+
+
+async def test_the_core_agrees_with_erlang_otp(tmp_path: Path) -> None:
+    scenarios = [scenario(seed) for seed in range(FIRST, FIRST + N)]
+    assert_agree(scenarios, await run_all(scenarios), tmp_path)
 
 
 async def test_with_one_supervisor_isolated_the_traces_still_agree_with_erlang_otp(tmp_path: Path) -> None:
@@ -92,14 +97,4 @@ async def test_with_one_supervisor_isolated_the_traces_still_agree_with_erlang_o
     process of its own (forked, over its control channel): the trace — inside it too — must be OTP's."""
     scenarios = sample([scenario(seed) for seed in range(FIRST, FIRST + 10 * N_ISOLATED)], N_ISOLATED)
     assert len(scenarios) == N_ISOLATED
-    ours = by_scenario(await IsoHarness().run_all(scenarios))
-    theirs = by_scenario(otp_trace(scenarios, tmp_path))
-    assert set(ours) == set(theirs) == {s["n"] for s in scenarios}
-    differ = [n for n in ours if ours[n] != theirs[n]]
-    report = []
-    for n in differ[:3]:
-        first = next(i for i, (a, b) in enumerate(zip(ours[n] + [""], theirs[n] + [""], strict=False)) if a != b)
-        report.append(f"scenario {n}: {next(s for s in scenarios if s['n'] == n)}\n"
-                      f"  first difference at line {first}\n  ours: {ours[n][max(0, first - 8) : first + 3]}\n"
-                      f"  OTP:  {theirs[n][max(0, first - 8) : first + 3]}")  # fmt: skip
-    assert not differ, f"{len(differ)} of {N_ISOLATED} scenarios differ from OTP:\n" + "\n".join(report)
+    assert_agree(scenarios, await IsoHarness().run_all(scenarios), tmp_path)

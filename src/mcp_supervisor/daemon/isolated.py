@@ -262,7 +262,12 @@ async def run(config: str, path: str) -> int:
     if spec is None:
         print(f"isolated {path}: the config no longer has an isolated supervisor at this path", file=sys.stderr)
         return 78
-    runner = Runner(cfg, Tree(spec, subreaper=True), path)
+    return await run_runner(Runner(cfg, Tree(spec, subreaper=True), path))
+
+
+async def run_runner(runner: Runner) -> int:
+    """Run ``runner``'s tree until stopped (SIGTERM, SIGINT) or until its root ends, talking over the control
+    channel when this process has one; its exit code."""
     tasks = [asyncio.ensure_future(runner.show())]
     control = _control()
     if control is not None:
