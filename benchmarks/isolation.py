@@ -104,7 +104,7 @@ isolation = "process"
 shutdown = 5
 [[tree.children.children]]
 id = "w"
-worker = "benchworker:steady"
+worker = "mcp_supervisor.testing.workers:steady"
 [[tree.children]]
 id = "calls"
 isolation = "process"
@@ -112,15 +112,6 @@ isolation = "process"
 id = "caller"
 worker = "benchworker:caller"
 config = {caller("iso")}
-"""
-
-
-STEADY = """
-def steady(config):
-    async def run(ctx):
-        ctx.started()
-        await asyncio.Event().wait()
-    return run
 """
 
 
@@ -208,7 +199,7 @@ def main() -> None:
     n, calls = (3, 500) if args.quick else (args.restarts, args.calls)
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
-        (where / "benchworker.py").write_text(WORKER + STEADY.replace("def steady", "import asyncio\ndef steady"))
+        (where / "benchworker.py").write_text(WORKER)
         env = {"PYTHONPATH": os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")])}
         d = Daemon(where, tree(where, calls), env=env)
         try:

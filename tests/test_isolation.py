@@ -20,12 +20,7 @@ pytestmark = [pytest.mark.realtime, pytest.mark.timeout(120)]
 
 WORKERS = """
 import asyncio, os, time
-
-def steady(config):
-    async def run(ctx):
-        ctx.started()
-        await asyncio.Event().wait()
-    return run
+from mcp_supervisor.testing.workers import steady
 
 def fragile(config):
     async def run(ctx):
@@ -71,7 +66,7 @@ isolation = "process"
 shutdown = 1
 [[tree.children.children]]
 id = "calm"
-worker = "isoworkers:steady"
+worker = "mcp_supervisor.testing.workers:steady"
 [[tree.children.children]]
 id = "risky"
 worker = "isoworkers:{worker}"

@@ -32,11 +32,6 @@ def crashy(config):
         # "normal": returns
     return run
 
-def steady(config):
-    async def run(ctx):
-        ctx.started()
-        await asyncio.Event().wait()
-    return run
 """
 
 
@@ -53,7 +48,7 @@ period = 3600
 auto_shutdown = "{root_auto}"
 [[tree.children]]
 id = "keep"
-worker = "diffw:steady"
+worker = "mcp_supervisor.testing.workers:steady"
 [[tree.children]]
 id = "sub"
 restart = "{case["restart"]}"

@@ -58,11 +58,7 @@ class Harness:
                 if self.live.get(path) is fut:
                     del self.live[path]
                 self.log.append(("stop", path))
-            if how == "normal":
-                return
-            if how == "shutdown":
-                raise Shutdown()
-            raise RuntimeError("boom")
+            end_as(how)
 
         return run
 
@@ -217,6 +213,14 @@ class Harness:
             await self.step(tree, await self.act(tree, action))
         await tree.stop()
         self.events()
+
+
+def end_as(how: str) -> None:
+    """A scripted worker's end: return (``normal``), ``shutdown``, or crash."""
+    if how == "shutdown":
+        raise Shutdown()
+    if how != "normal":
+        raise RuntimeError("boom")
 
 
 def _join(path: str, cid: str) -> str:

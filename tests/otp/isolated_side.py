@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any, cast
 
-from tests.otp.core_side import Harness, _join
+from tests.otp.core_side import Harness, _join, end_as
 
 from mcp_supervisor.config.children import ISOLATED_EXITS, ISOLATED_READY
 from mcp_supervisor.core import (
@@ -28,7 +28,6 @@ from mcp_supervisor.core import (
     NotRunning,
     ProcessSpec,
     ReadyOutput,
-    Shutdown,
     State,
     Tree,
 )
@@ -206,11 +205,7 @@ class InnerHarness(Harness):
                 msg.reply("ok")
             finally:
                 await ctx.call("harness", ["stop", path], timeout=10)
-            if how == "normal":
-                return
-            if how == "shutdown":
-                raise Shutdown()
-            raise RuntimeError("boom")
+            end_as(how)
 
         return run
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import importlib
 import json
@@ -38,15 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .escapes import OWN
+from .launch import pdeathsig_preexec
 
-_PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
 START_TIMEOUT = 30.0
-
-try:
-    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +119,7 @@ class ForkServer:
             start_new_session=True,
             close_fds=True,
             pass_fds=(theirs.fileno(),),
-            preexec_fn=_pdeathsig(os.getpid()),  # noqa: PLW1509 - prctl only
+            preexec_fn=pdeathsig_preexec(os.getpid()),  # noqa: PLW1509 - prctl only
         )
 
     def _on_message(self, sock: socket.socket) -> None:
@@ -224,16 +218,6 @@ class ForkServer:
             OWN.discard(popen.pid)
 
 
-def _pdeathsig(parent: int) -> Any:
-    def set_pdeathsig() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(127)
-
-    return set_pdeathsig
-
-
 # -- the server ----------------------------------------------------------------------------------------------------
 def _become(doc: dict[str, Any], fds: list[int], server: int) -> None:
     """In a spare, once asked: become the process ``doc`` describes, run ``module.main(argv)``, exit with its value."""
@@ -261,7 +245,7 @@ def _become(doc: dict[str, Any], fds: list[int], server: int) -> None:
             os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-        _pdeathsig(server)()  # a change of credentials clears it
+        pdeathsig_preexec(server)()  # a change of credentials clears it
     code = importlib.import_module(doc["module"]).main(list(doc["argv"]))
     with contextlib.suppress(Exception):
         sys.stdout.flush()
@@ -306,7 +290,7 @@ class _Server:
 
     def wait_as_spare(self, sock: socket.socket) -> None:
         os.setsid()
-        _pdeathsig(self.pid)()
+        pdeathsig_preexec(self.pid)()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)

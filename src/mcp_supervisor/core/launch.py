@@ -69,7 +69,9 @@ def ids_of(spec: ProcessSpec) -> tuple[int, int] | None:
     return uid, gid
 
 
-def _preexec(parent_pid: int) -> Any:
+def pdeathsig_preexec(parent_pid: int) -> Any:
+    """A ``preexec_fn`` (or a forked child's first call): SIGKILL when ``parent_pid`` dies; exit if it is gone."""
+
     def set_pdeathsig() -> None:
         if _prctl is not None:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -116,7 +118,7 @@ def launch(
     elif ids is not None:
         raise FileNotFoundError("running a child as another user needs util-linux's setpriv, which is not installed")
     else:
-        preexec = _preexec(os.getpid())
+        preexec = pdeathsig_preexec(os.getpid())
     if spec.limits:
         if _PRLIMIT is None:
             raise FileNotFoundError("limits need util-linux's prlimit, which is not installed")

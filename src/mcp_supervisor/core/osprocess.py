@@ -359,6 +359,9 @@ class OsProcess:
         self.kill()
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self._pidfd)
+        self._reap_killed()
+
+    def _reap_killed(self) -> None:
         self._reap(block=True)
 
     def reason(self, code: int) -> ExitReason:
@@ -471,10 +474,5 @@ class ForkedProcess(OsProcess):
         elif block:  # it has exited: the server tells its status in a moment
             self._status.add_done_callback(lambda _: self._reap(False))
 
-    def kill_now(self) -> None:
-        if self.exited.done():
-            return
-        self.kill()
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(self._pidfd)
+    def _reap_killed(self) -> None:  # its status comes later, from the server: it was killed
         self._ended(-signal.SIGKILL, False)
