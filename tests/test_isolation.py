@@ -41,6 +41,16 @@ def hog(config):
             await asyncio.sleep(0.05)
     return run
 
+def dozer(config):
+    async def run(ctx):
+        ctx.started()
+        while not os.path.exists(config["trigger"]):
+            await asyncio.sleep(0.02)
+        os.unlink(config["trigger"])
+        time.sleep(0.6)  # blocks its process's loop once
+        await asyncio.Event().wait()
+    return run
+
 def stubborn(config):
     async def run(ctx):
         ctx.started()
@@ -420,5 +430,18 @@ def test_a_restarted_isolated_subtree_runs_the_config_the_daemon_runs_not_an_unr
         signal_and_wait(again["pid"])  # and a restart after the reload runs the reloaded config
         restarted(d, again["pid"])
         wait_until(lambda: _has(d, "iso/edited") and not _has(d, "iso/calm"), 10, "the reloaded subtree")
+    finally:
+        d.stop()
+
+
+def test_a_worker_that_blocks_an_isolated_loop_is_named_in_the_daemon(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "dozer")
+    try:
+        (tmp_path / "trigger").touch()
+        blocked = wait_until(lambda: [e for e in d.events("LoopBlocked") if e["path"] == "iso/risky"], 20, "blocked")
+        assert blocked[0]["duration_s"] >= 0.25 and any("run" in f for f in blocked[0]["frames"]), blocked
+        why = d.ctl("why", "iso/risky")
+        assert why.returncode == 0 and "blocked the event loop" in why.stdout, why.stdout + why.stderr
+        assert livez_ms(d) < 100  # the daemon's own loop was never blocked
     finally:
         d.stop()

@@ -294,10 +294,10 @@ class _Server:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        sock.send(b"ready")  # it leads its own session and group now: they can be signalled as its own
         try:
+            sock.send(b"ready")  # it leads its own session and group now: they can be signalled as its own
             msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
-        except OSError:
+        except OSError:  # retired before it was used, or the server is gone
             msg, fds = b"", []
         if not msg:  # the server is gone, or it has no more use for a spare
             os._exit(0)
