@@ -90,7 +90,11 @@ command = ["sh", "-c", "echo hello from inside; trap 'echo got HUP' HUP; while :
 def daemon(tmp: Path, worker: str) -> Daemon:
     (tmp / "isoworkers.py").write_text(WORKERS)
     d = Daemon(tmp, config(tmp, worker), env={"PYTHONPATH": str(tmp)})
-    d.wait_ready()
+    try:
+        d.wait_ready()
+    except BaseException:
+        d.stop()  # nothing is left behind by a daemon that did not come up
+        raise
     return d
 
 

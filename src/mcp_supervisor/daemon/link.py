@@ -29,7 +29,7 @@ import json
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from ..core import (
     CalleeExited,
@@ -145,44 +145,79 @@ def event_of(doc: Any) -> Event | None:
         return None
 
 
-class Link:
-    """One end of the control channel: frames in (``run``), frames out (``send``), requests both ways."""
+class Link(asyncio.Protocol):
+    """One end of the control channel: frames in (parsed as they arrive), frames out (``send``), requests both
+    ways. A protocol rather than streams: a frame costs no coroutine step on either side (the call round trip)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requests: Requests,
-                 messages: Messages) -> None:  # fmt: skip
-        self._reader, self._writer = reader, writer
+    def __init__(self, requests: Requests, messages: Messages) -> None:
         self._requests, self._messages = requests, messages
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.dropped = 0  # droppable frames not sent (the peer did not keep up)
 
     @classmethod
     async def open(cls, sock: socket.socket, requests: Requests, messages: Messages) -> Link:
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        return cls(reader, writer, requests, messages)
+        link = cls(requests, messages)
+        await asyncio.get_running_loop().create_unix_connection(lambda: link, sock=sock)
+        return link
 
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not asyncio.Transport subclasses)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buf)
+            if size > MAX_FRAME:  # not speaking our protocol: the channel closes
+                self.close()
+                return
+            end = _HEADER.size + size
+            if len(buf) < end:
+                return
+            try:
+                doc = json.loads(bytes(buf[_HEADER.size : end]))
+            except ValueError:
+                doc = None
+            del buf[:end]
+            if not isinstance(doc, dict):
+                self.close()
+                return
+            self._dispatch(doc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    # -- frames and requests ----------------------------------------------------------------------------------
     def send(self, doc: dict[str, Any], droppable: bool = False) -> None:
         """A frame out (buffered; the channel is a local socket the peer keeps reading). A ``droppable`` one (an
         event) is dropped, and counted, while more than :data:`MAX_BUFFERED` bytes wait: a peer that stops reading
         never makes this process grow without bound."""
-        if self.closed:
+        transport = self._transport
+        if self.closed or transport is None:
             return
-        if droppable and self._writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+        if droppable and transport.get_write_buffer_size() > MAX_BUFFERED:
             self.dropped += 1
             return
-        self._writer.write(encode(doc))
+        transport.write(encode(doc))
 
     async def request(self, doc: dict[str, Any], timeout: float | None = None) -> Any:
         """Send a request and wait for its answer (at most ``timeout`` seconds: ``TimeoutError``); the peer's error
         is raised as itself (:data:`ERRORS`); ``CalleeExited`` when the channel closes first."""
-        if self.closed:
+        if self.closed or self._transport is None:
             raise CalleeExited("the isolated subtree's process is not running (its control channel is closed)")
         self._next += 1
         ident = self._next
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writer.write(encode({**doc, "t": "req", "id": ident}))
+        self._transport.write(encode({**doc, "t": "req", "id": ident}))
         self._pending[ident] = fut
         try:
             if timeout is None:
@@ -193,21 +228,8 @@ class Link:
             self._pending.pop(ident, None)
 
     async def run(self) -> None:
-        """Read frames until the peer closes the channel (or breaks the protocol); then fail what waits."""
-        try:
-            while True:
-                head = await self._reader.readexactly(_HEADER.size)
-                (size,) = _HEADER.unpack(head)
-                if size > MAX_FRAME:
-                    raise ValueError(f"a frame of {size} bytes (at most {MAX_FRAME})")
-                doc = json.loads(await self._reader.readexactly(size))
-                if not isinstance(doc, dict):
-                    raise ValueError("a frame that is not a JSON object")
-                self._dispatch(doc)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):  # gone, or not speaking our protocol
-            pass
-        finally:
-            self.close()
+        """Until the peer closes the channel (or breaks the protocol); what waits has failed by then."""
+        await asyncio.shield(self._ended)
 
     def _dispatch(self, doc: dict[str, Any]) -> None:
         kind = doc.get("t")
@@ -232,19 +254,18 @@ class Link:
             frame = encode({"t": "rep", "id": ident, "ok": True, "value": value})
         except Exception as e:  # noqa: BLE001 - every failure is the caller's answer
             frame = encode({"t": "rep", "id": ident, "ok": False, "error": _error_name(e), "message": str(e)})
-        if not self.closed:
-            self._writer.write(frame)
+        if not self.closed and self._transport is not None:
+            self._transport.write(frame)
 
     async def aclose(self) -> None:
-        """Close after what is buffered has gone out (the process is about to exit)."""
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                await self._writer.drain()
+        """Close once what is buffered has gone out (the process is about to exit)."""
         self.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(self._ended)
 
     def close(self) -> None:
+        """Close the channel (what is buffered still goes out) and fail what waits for an answer."""
         if self.closed:
             return
         self.closed = True
@@ -254,8 +275,10 @@ class Link:
         self._pending.clear()
         for task in self._tasks:
             task.cancel()
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
+        elif not self._ended.done():
+            self._ended.set_result(None)
 
 
 async def call_over(link: Link | None, target: str, payload: Any, timeout: float | None) -> Any:
