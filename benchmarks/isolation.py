@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from core import print_rows
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None  # type: ignore[assignment]
 from mcp_supervisor.config.children import ISOLATED_READY
 from mcp_supervisor.testing import wait_until
 from mcp_supervisor.testing.daemon import Daemon
@@ -179,6 +186,41 @@ def execd_ready(config: Path, env: dict[str, str], n: int) -> list[float]:
     return out
 
 
+def raw_round_trips(n: int) -> list[float]:
+    """The floor under a call across: bytes to another process over a socket pair and back, uvloop streams on both
+    sides (no framing, no JSON, no mailbox), in microseconds."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side (forked before this process runs any loop)
+        ours.close()
+
+        async def echo() -> None:
+            reader, writer = await asyncio.open_unix_connection(sock=theirs)
+            while data := await reader.read(4096):
+                writer.write(data)
+
+        (uvloop.run if uvloop else asyncio.run)(echo())
+        os._exit(0)
+    theirs.close()
+
+    async def ping() -> list[float]:
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        out = []
+        for i in range(n + 200):
+            t0 = time.perf_counter_ns()
+            writer.write(b'{"t":"req","id":1,"msg":{"n":%d}}' % i)
+            await reader.read(4096)
+            if i >= 200:  # after a warm-up, as the callers do
+                out.append((time.perf_counter_ns() - t0) / 1000)
+        writer.close()
+        return out
+
+    try:
+        return (uvloop.run if uvloop else asyncio.run)(ping())
+    finally:
+        os.waitpid(pid, 0)
+
+
 def call_times(where: Path, name: str) -> list[float]:
     path = where / f"{name}.json"
     wait_until(path.exists, 120, f"the {name} caller's figures")
@@ -217,6 +259,7 @@ def main() -> None:
         finally:
             d.stop()
     fresh = statistics.median(fresh_imports(n))
+    raw = raw_round_trips(calls)
     local_call, iso_call = statistics.median(call_local), statistics.median(call_iso)
     rows: list[dict[str, Any]] = [
         {"name": "crash_to_ready_in_process_worker_median", "value": ms(crash_local), "unit": "ms"},
@@ -234,6 +277,8 @@ def main() -> None:
          "ratio": round(restart_iso / crash_local, 1)},
         {"name": "call_round_trip_in_process_median", "value": round(local_call, 1), "unit": "us",
          "note": f"p99 {round(statistics.quantiles(call_local, n=100)[98], 1)} us"},
+        {"name": "raw_round_trip_to_another_process_median", "value": round(statistics.median(raw), 1), "unit": "us",
+         "note": "uvloop streams over a socket pair: the floor"},
         {"name": "call_round_trip_across_isolation_median", "value": round(iso_call, 1), "unit": "us",
          "note": f"{iso_call / local_call:.1f}x in-process; p99 "
                  f"{round(statistics.quantiles(call_iso, n=100)[98], 1)} us"},
