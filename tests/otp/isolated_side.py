@@ -137,6 +137,18 @@ class IsoHarness(Harness):
                 await asyncio.wait_for(asyncio.shield(child.exit_fut), 30)
         return lines
 
+    async def settle(self, tree: Tree) -> None:
+        """The core harness's settle, retried while the isolated supervisor's process (re)starts: a fork, or an
+        exec on a loaded machine, can take longer than its loop turns."""
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                return await super().settle(tree)
+            except AssertionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+
     async def step(self, tree: Tree, result: str) -> None:
         last: list[str] | None = None
         for _ in range(100):  # both sides settled, and the same twice in a row

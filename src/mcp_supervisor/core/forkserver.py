@@ -368,7 +368,10 @@ class _Server:
                 self.fork_spare()
             for key, _ in self.sel.select():
                 if key.fileobj is self.sock:
-                    msg, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 3)
+                    try:
+                        msg, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 3)
+                    except OSError:  # reset: the daemon closed its end with a message unread
+                        msg, fds = b"", []
                     if not msg:  # the daemon is gone: so are we (our children follow by their death signal)
                         os._exit(0)
                     try:
