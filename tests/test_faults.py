@@ -4,6 +4,7 @@ out), through a new connection but not an old one when half-open, and with an RS
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import threading
@@ -17,8 +18,9 @@ from mcp_supervisor.testing.faults import FaultProxy
 
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
+        with contextlib.suppress(ConnectionResetError):  # the proxy's reset reaches the echo server too
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
 
 
 @pytest.fixture
