@@ -20,12 +20,22 @@ import json
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from ..core import Address, FailedToStartChild, NodeStatus, NoSuchPath, NotRunning, OperationError, State, describe
+from ..core import (
+    Address,
+    FailedToStartChild,
+    NodeStatus,
+    NoSuchPath,
+    NotRunning,
+    OperationError,
+    State,
+    describe,
+    splice,
+)
 from .http import BODY_TIMEOUT, ConnectionLimits, GuardedHandler, tcp_site, unix_site
 from .openapi import OPENAPI, SIGNALS
 from .seams import Controls, Outcome, Views
@@ -220,27 +230,10 @@ def heavy(handler: Handler) -> Handler:
     return gated
 
 
-def splice_isolated(doc: dict[str, Any], isolated: Mapping[str, dict[str, Any]]) -> None:
-    """Show an isolated subtree's children under its supervisor's node, as if they were local — when the status its
-    process wrote is this process's (the same pid)."""
-    if not isolated:
-        return
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        sub = isolated.get(node.get("path", ""))
-        if sub is not None and sub.get("pid") == node.get("pid") and node.get("state") == "running":
-            node["isolated"] = True
-            node["children"] = sub.get("children", [])
-        else:
-            stack.extend(node.get("children", []))
-
-
 @heavy
 async def status(request: web.Request) -> web.Response:
     views = request.app[VIEWS]
-    doc = views.tree.status().as_dict()
-    splice_isolated(doc, views.isolated())
+    doc = splice(views.tree.status(), views.isolated()).as_dict()  # isolated subtrees' children as local ones
     doc["isolation"] = views.tree.isolation
     doc["fleet"] = views.cluster() is not None
     alerts = views.alerts()

@@ -68,7 +68,7 @@ from .specs import (
     WorkerFn,
     WorkerSpec,
 )
-from .state import ChildCounts, CrashLoop, LastExit, NodeStatus, Resources, State, SupervisorStatistics
+from .state import ChildCounts, CrashLoop, LastExit, NodeStatus, Resources, State, SupervisorStatistics, splice
 from .supervisor import Supervisor
 from .tree import ShutdownReport, Tree
 from .watches import run_once
@@ -154,4 +154,5 @@ __all__ = [
     "WorkerSpec",
     "describe",
     "run_once",
+    "splice",
 ]  # fmt: skip

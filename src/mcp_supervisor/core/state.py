@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class NodeStatus:
     resources: Resources | None = None  # processes only
     exits: Mapping[str, int] = field(default_factory=dict)  # ends by cause over the child's life
     crash_loop: CrashLoop | None = None
+    isolated: bool = False  # an isolated supervisor's process: its children are those its process told (splice)
     children: tuple[NodeStatus, ...] = field(default=())
 
     def walk(self) -> Iterator[NodeStatus]:
@@ -116,6 +118,9 @@ class NodeStatus:
         if self.kind == "supervisor":
             out["strategy"] = self.strategy
             out["children"] = [c.as_dict() for c in self.children]
+        elif self.isolated:
+            out["isolated"] = True
+            out["children"] = [c.as_dict() for c in self.children]
         return out
 
     @classmethod
@@ -149,8 +154,28 @@ class NodeStatus:
             else None,
             exits=dict(d.get("exits", {})),
             crash_loop=CrashLoop(loop["since"], loop["count"], loop["cause"], loop["line"]) if loop else None,
+            isolated=bool(d.get("isolated", False)),
             children=tuple(cls.from_dict(c) for c in d.get("children", ())),
         )
+
+
+def splice(node: NodeStatus, told: Mapping[str, Mapping[str, Any]]) -> NodeStatus:
+    """``node`` with each isolated subtree's children under its supervisor's node, as its process last told them
+    (``told``: by the supervisor's path, the teller's ``pid`` and ``children`` as :meth:`NodeStatus.as_dict` writes
+    them) — only while that process is the node's own (the same pid, running); a status that cannot be read is left
+    out. What ``/status`` and the metrics show."""
+    if not told:
+        return node
+    doc = told.get(node.path)
+    if doc is not None and node.state is State.RUNNING and doc.get("pid") == node.pid:
+        try:
+            kids = tuple(NodeStatus.from_dict(c) for c in doc["children"])
+        except (KeyError, TypeError, ValueError):
+            return node
+        return dataclasses.replace(node, isolated=True, children=kids)
+    if not node.children:
+        return node
+    return dataclasses.replace(node, children=tuple(splice(c, told) for c in node.children))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from ..core import (
     State,
     Tree,
     describe,
+    splice,
 )
 from ..core.cgroups import Cgroups
 from ..telemetry.events import log_events
@@ -108,7 +109,7 @@ class Daemon:
                                       summary=self._node_summary)  # fmt: skip
         node = cfg.cluster.node if cfg.cluster is not None else socket.gethostname()
         self._alerts = Alerts(self.tree.bus, node, REDACTOR.redact, self.log)
-        spliced = lambda: self.subtrees.splice(self.tree.status())  # noqa: E731 - isolated children counted too
+        spliced = lambda: splice(self.tree.status(), self.subtrees.status)  # noqa: E731 - isolated children too
         self.prom = DaemonMetrics(spliced, self._cluster_metrics if self.fleet else None, self._drops,
                                   self._alerts.samples, lambda: self.tree.loopwatch)  # fmt: skip
         self.tree.provide(METRICS_REGISTRY, self.prom.registry)  # one registry for every metric

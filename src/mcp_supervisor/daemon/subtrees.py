@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..core import NodeStatus, NotRunning, OperationError, State, Tree
+from ..core import NotRunning, OperationError, Tree
 from .link import Link, call_over, cast_over, event_of
 
 
@@ -154,17 +153,3 @@ class Subtrees:
 
     def views(self) -> Mapping[str, dict[str, Any]]:
         return self.status
-
-    def splice(self, node: NodeStatus) -> NodeStatus:
-        """``node`` (the daemon's tree) with each running isolated subtree's children under its supervisor's node,
-        as its process last told them: what the metrics count."""
-        if not self.status:
-            return node
-        told = self.status.get(node.path)
-        if told is not None and node.state is State.RUNNING:
-            with contextlib.suppress(KeyError, TypeError, ValueError):  # a status we cannot read: left out
-                kids = tuple(NodeStatus.from_dict(c) for c in told["children"])
-                return dataclasses.replace(node, children=kids)
-        if not node.children:
-            return node
-        return dataclasses.replace(node, children=tuple(self.splice(c) for c in node.children))
