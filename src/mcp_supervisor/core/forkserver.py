@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import importlib
 import json
@@ -70,10 +71,6 @@ class ForkServer:
         self._early: dict[int, tuple[int, bool]] = {}  # exits told before their fork's answer was read
         self._preload: set[str] = set()
         self._prepared: dict[str, list[str]] = {}  # module -> the args of its last prepare()
-
-    @property
-    def pid(self) -> int | None:
-        return self._popen.pid if self._popen is not None and self._popen.returncode is None else None
 
     async def start(self, preload: Sequence[str] = ()) -> None:
         """Start the server (once) and have it import ``preload``; OSError when it cannot."""
@@ -177,9 +174,7 @@ class ForkServer:
         ident = self._next
         reply: asyncio.Future[int] = loop.create_future()
         self._replies[ident] = reply
-        doc = {"id": ident, "module": request.module, "argv": list(request.argv), "env": dict(request.env),
-               "cwd": request.cwd, "umask": request.umask, "limits": dict(request.limits),
-               "ids": request.ids, "cgroup": request.cgroup}  # fmt: skip
+        doc = {"id": ident, **dataclasses.asdict(request)}
         try:
             socket.send_fds(sock, [json.dumps(doc).encode()], list(fds))
             async with asyncio.timeout(START_TIMEOUT):

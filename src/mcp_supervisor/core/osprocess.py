@@ -123,9 +123,7 @@ class OsProcess:
             elif (start := start_time(self.pid)) is not None:
                 guardian.register_pid(self.pid, start)  # this process alone: never a group it does not lead
         self.usage = escapes.spawned(self.pid, path) if escapes is not None else Usage()
-        if cgroup is not None and (
-            popen is not None or pipes
-        ):  # its own cgroup, made for it: every OOM kill in it is its
+        if cgroup is not None and pipes:  # one we launched, in a cgroup made for it: every OOM kill in it is its
             self.usage.own_cgroup_at(MemCgroup(cgroup, v2=True))
 
     @classmethod
