@@ -124,10 +124,7 @@ config = {caller("iso")}
 
 def recent(d: Daemon, kind: str, path: str) -> list[dict[str, Any]]:
     """The last few ``kind`` events of ``path`` (a small request: the poll does not load the daemon it measures)."""
-    code, body, _ = d.request("GET", f"/events?type={kind}&path={path}&limit=5")
-    assert code == 200, body
-    docs = [body] if isinstance(body, dict) else [json.loads(x) for x in str(body).splitlines() if x.strip()]
-    return [e for e in docs if e["path"] == path]
+    return [e for e in d.events(kind, path, limit=5) if e["path"] == path]
 
 
 def first_after(d: Daemon, kind: str, path: str, t0: float) -> float:

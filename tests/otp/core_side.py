@@ -237,14 +237,15 @@ def _supervisors(root: Supervisor) -> list[Supervisor]:
     return out
 
 
-async def run_all(scenarios: list[dict[str, Any]]) -> list[str]:
-    h = Harness()
+async def run_all(scenarios: list[dict[str, Any]], h: Harness | None = None, timeout: float = 30) -> list[str]:
+    """Every scenario's trace on ``h`` (a plain harness by default), each within ``timeout`` seconds."""
+    h = h if h is not None else Harness()
     for s in scenarios:
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(timeout):
                 await h.run(s)
         except TimeoutError:
-            raise AssertionError(f"scenario {s['n']} hung on our core: {s}") from None
+            raise AssertionError(f"scenario {s['n']} hung on {type(h).__name__}: {s}") from None
     h.out.append("END")
     return h.out
 

@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any, cast
 
-from tests.otp.core_side import Harness, _join, end_as
+from tests.otp.core_side import Harness, _join, end_as, run_all
 
 from mcp_supervisor.config.children import ISOLATED_EXITS, ISOLATED_READY
 from mcp_supervisor.core import (
@@ -180,16 +180,9 @@ class IsoHarness(Harness):
     async def run_all(self, scenarios: list[dict[str, Any]]) -> list[str]:
         server = asyncio.ensure_future(self.serve_workers(self.mailbox))
         try:
-            for s in scenarios:
-                try:
-                    async with asyncio.timeout(60):
-                        await self.run(s)
-                except TimeoutError:
-                    raise AssertionError(f"scenario {s['n']} hung with {self.iso} isolated: {s}") from None
+            return await run_all(scenarios, self, timeout=60)
         finally:
             server.cancel()
-        self.out.append("END")
-        return self.out
 
     subtrees: Subtrees
 

@@ -159,9 +159,11 @@ class Daemon:
     def pids(self, *paths: str) -> dict[str, int]:
         return {p: self.node(p)["pid"] for p in paths}
 
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        """The events of type ``kind`` the daemon still has (``GET /events?type=``), oldest first."""
-        code, body, _ = self.request("GET", f"/events?type={kind}&limit=1000")
+    def events(self, kind: str, path: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The last ``limit`` events of type ``kind`` the daemon still has (``GET /events?type=``; ``path``: of that
+        child and below), oldest first."""
+        where = f"&path={path}" if path is not None else ""
+        code, body, _ = self.request("GET", f"/events?type={kind}{where}&limit={limit}")
         assert code == 200, body
         if isinstance(body, dict):  # one line: already parsed
             return [body]
