@@ -95,3 +95,20 @@ async def test_closed_lanes_refuse_and_fail_what_waits(rds: RedisServer) -> None
     with pytest.raises(LanesClosed):
         await lanes.execute("PING")
     await pool.disconnect()
+
+
+async def test_closing_fails_the_commands_a_lane_was_sending_again(rds: RedisServer) -> None:
+    """The service stops while a lane waits to resend a batch to a dead server: its callers fail, never hang (a
+    caller without a timeout of its own waited forever)."""
+    pool = make_pool(rds, socket_timeout=1.0)
+    lanes = Lanes(pool, 1, retries=1000)
+    lanes.start()
+    assert await lanes.execute("PING") in (True, b"PONG")
+    rds.kill()
+    inflight = lanes.execute("SET", "k", "v")
+    with pytest.raises(TimeoutError):  # still being retried: taken by the lane, not answered
+        await asyncio.wait_for(asyncio.shield(inflight), 0.3)
+    await lanes.close()
+    with pytest.raises(LanesClosed):
+        await asyncio.wait_for(inflight, 10)
+    await pool.disconnect()

@@ -12,7 +12,7 @@ commands that arrive during a round trip travel together in the next one.
 - A Redis error reply fails that command alone.
 - A connection error or a read timeout (``socket_timeout``) disconnects the lane's connection; the commands whose
   replies were not read are sent again on a new connection up to ``retries`` times (as redis-py's retry does), then
-  fail with the error.
+  fail with the error — or with ``LanesClosed`` when the lanes close meanwhile (never left waiting).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class Lanes:
     async def _lane(self) -> None:
         loop = asyncio.get_running_loop()
         conn: Any = None
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         try:
             while True:
                 if not self._pending:
@@ -112,12 +113,12 @@ class Lanes:
                             conn = None
                         attempt += 1
                         if attempt > self._retries:
-                            for _, fut in batch:
-                                if not fut.done():
-                                    fut.set_exception(e)
+                            _fail(batch, e)
                             break
                         await asyncio.sleep(min(0.5, 0.01 * 2**attempt))
         finally:
+            # taken but not answered (closed while it waited to send them again): they fail, never hang
+            _fail(batch, LanesClosed("the redis connection lanes are closed"))
             if conn is not None:
                 await self._pool.release(conn)
 
@@ -141,3 +142,9 @@ class Lanes:
             if not fut.done():
                 fut.set_result(reply)
         return []
+
+
+def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(exc)
